@@ -1,0 +1,3 @@
+from isprs_seg.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""Blend weights for patches and the streaming accumulator that stitches them.
+
+Pure numpy, no TensorFlow and no files.
+
+Every patch gets a separable weight window built from its overlaps with its neighbours
+(:meth:`isprs_seg.grid.Axis.ramps`). Towards the image border a patch keeps full weight,
+so the image frame is never attenuated. Inside the image:
+
+``taper`` (default)
+    The outer quarter of each overlap gets no weight (the network's own patch-border
+    effects live there); across the middle half the weight rises as a raised cosine
+    that sums to exactly one with the neighbour's falling ramp.
+``crop``
+    Each pixel of an overlap counts only for the patch whose centre is nearer: the
+    half-overlap margins get zero weight.
+
+The output is ``sum(w * p) / sum(w)`` in float32; pixels without weight (invalid input)
+are reported as invalid.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+
+from .grid import Grid
+
+BLEND_MODES = ("taper", "crop")
+
+
+def ramp(length: int, mode: str) -> np.ndarray:
+    """Rising weights across an overlap of ``length`` pixels (pixel centres at k + 0.5).
+
+    ``ramp(n)[k] + ramp(n)[n - 1 - k] == 1``: a patch's rising ramp and its neighbour's
+    falling ramp over the same pixels form a partition of unity.
+    """
+    centres = np.arange(length, dtype=np.float64) + 0.5
+    if mode == "taper":
+        t = np.clip((centres - length / 4) / (length / 2), 0.0, 1.0)
+        return np.sin(np.pi / 2 * t) ** 2
+    if mode == "crop":
+        return (centres >= length / 2).astype(np.float64)
+    raise ValueError(f"unknown blend mode {mode!r}; choose from {', '.join(BLEND_MODES)}")
+
+
+@lru_cache(maxsize=64)
+def profile(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """1-D weights of a patch of ``size`` pixels with the given overlaps on each side."""
+    weights = np.ones(size, dtype=np.float64)
+    if before:
+        weights[:before] *= ramp(before, mode)
+    if after:
+        weights[size - after :] *= ramp(after, mode)[::-1]
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
+def patch_window(grid: Grid, row: int, col: int, mode: str, stride: int = 1) -> np.ndarray:
+    """2-D weights ``[h, w]`` of patch (``row``, ``col``) of ``grid``.
+
+    With ``stride`` > 1 the weights are sampled at the centres of ``stride x stride``
+    cells, for outputs at a lower resolution than the input.
+    """
+    wy = profile(grid.rows.size, *grid.rows.ramps(row), mode)
+    wx = profile(grid.cols.size, *grid.cols.ramps(col), mode)
+    if stride > 1:
+        wy, wx = wy[stride // 2 :: stride], wx[stride // 2 :: stride]
+    return np.outer(wy, wx)
+
+
+class StreamingAccumulator:
+    """Weighted sums over a band of rows that slides down the image.
+
+    Holds ``band_rows`` rows of ``width x channels`` float32 sums plus a weight sum:
+    memory depends on the patch height and the image width, never on the image height.
+    Patches must arrive in row order of their origins; :meth:`release` hands back the
+    finished rows above a given row and slides the band down.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, band_rows: int):
+        self.height, self.width, self.channels = height, width, channels
+        self.band_rows = band_rows
+        self.top = 0  # image row held in band row 0
+        self.sums = np.zeros((band_rows, width, channels), np.float32)
+        self.weights = np.zeros((band_rows, width), np.float32)
+
+    def add(self, y: int, x: int, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``weights * values`` of a patch whose top-left pixel is at (``y``, ``x``)."""
+        h = min(values.shape[0], self.height - y)
+        w = min(values.shape[1], self.width - x)
+        if y < self.top or y + h > self.top + self.band_rows:
+            raise ValueError(f"patch at row {y} is outside the band of rows from {self.top}")
+        if h <= 0 or w <= 0:
+            return
+        r = y - self.top
+        wgt = weights[:h, :w]
+        self.sums[r : r + h, x : x + w] += wgt[..., None] * values[:h, :w]
+        self.weights[r : r + h, x : x + w] += wgt
+
+    def release(self, until: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Finish rows ``[top, until)``, in chunks of at most ``band_rows`` rows.
+
+        Yields (first row, values, valid): ``values`` is ``[rows, width, channels]``
+        float32 (the weighted mean, 0 where there is no weight) and ``valid`` is
+        ``[rows, width]`` bool. The arrays are new, not views of the band.
+        """
+        until = min(until, self.height)
+        if until < self.top:
+            raise ValueError(f"rows up to {until} were already released (band at {self.top})")
+        while self.top < until:
+            n = min(until - self.top, self.band_rows)
+            first = self.top
+            weights = self.weights[:n]
+            valid = weights > 0
+            values = np.zeros((n, self.width, self.channels), np.float32)
+            np.divide(self.sums[:n], weights[..., None], out=values, where=valid[..., None])
+            keep = self.band_rows - n
+            self.sums[:keep] = self.sums[n:]
+            self.weights[:keep] = self.weights[n:]
+            self.sums[keep:] = 0
+            self.weights[keep:] = 0
+            self.top += n
+            yield first, values, valid

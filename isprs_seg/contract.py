@@ -1,0 +1,67 @@
+"""The inference contract of the ISPRS HRNetV2-W48 model, in one place.
+
+Everything the rest of the package needs to know about what the model expects and
+what its outputs mean lives here: the default handle, class names and colours, the
+input recipe, the strides and the default patch geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: TF Hub handle of the model this tool is built for (tfhub.dev now redirects to
+#: Kaggle Models; tensorflow_hub still resolves this handle).
+DEFAULT_MODEL = "https://tfhub.dev/google/HRNet/isprs-hrnetv2-w48/1"
+
+#: Environment variable that replaces :data:`DEFAULT_MODEL`.
+MODEL_ENV_VAR = "ISPRS_SEG_MODEL"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int
+    name: str
+    color: tuple[int, int, int]
+
+
+#: Output channels of ``predict`` in order, with the ISPRS benchmark colours.
+#: Channel 0 is the extra "background" (unlabelled) class of the model card.
+CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo(0, "background", (0, 0, 0)),
+    ClassInfo(1, "impervious surfaces", (255, 255, 255)),
+    ClassInfo(2, "building", (0, 0, 255)),
+    ClassInfo(3, "low vegetation", (0, 255, 255)),
+    ClassInfo(4, "tree", (0, 255, 0)),
+    ClassInfo(5, "car", (255, 255, 0)),
+    ClassInfo(6, "clutter", (255, 0, 0)),
+)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+
+#: Class raster value for pixels without a valid input pixel.
+CLASS_NODATA = 255
+
+#: Feature channels of ``get_features``: HRNetV2 concatenation 48 + 96 + 192 + 384.
+FEATURE_CHANNELS = 720
+
+#: The deepest HRNet branch runs at 1/32 of the input resolution: patch origins on
+#: this lattice see the same sampling phase everywhere.
+NETWORK_STRIDE = 32
+
+#: ``get_features`` returns ``ceil(H / 4) x ceil(W / 4)`` pixels.
+FEATURE_STRIDE = 4
+
+#: Default patch side and minimum overlap between neighbouring patches, in pixels.
+DEFAULT_TILE = 768
+DEFAULT_OVERLAP = 128
+
+#: Default number of patches per model call.
+DEFAULT_BATCH_SIZE = 4
+
+#: Input recipe the model was trained with: pseudo-RGB ``[R, G, (R + G) / 2]``
+#: (the blue channel replaced by the mean of red and green), values in [0, 1].
+INPUT_RECIPE = "pseudo-RGB [R, G, (R+G)/2], values in [0, 1]"
+
+#: ISPRS statistics of [0, 1] pseudo-RGB (the authors' benchmark code normalised
+#: with them; the model card feeds plain [0, 1]).
+ISPRS_MEAN = (0.33909638, 0.36251904, 0.34982737)
+ISPRS_STD = (0.14050266, 0.13874620, 0.13703808)

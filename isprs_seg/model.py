@@ -1,0 +1,465 @@
+"""Model layer: resolve a handle to a local SavedModel, load it, detect how to call it.
+
+Knows nothing of rasters: it takes batches of float32 images ``[n, h, w, 3]`` in the
+model's input space and returns class probabilities or feature maps as numpy arrays.
+
+A handle is one of
+- a TF Hub handle or any ``http(s)://`` URL (a ``.tar.gz`` or a hub model page),
+  downloaded once by ``tensorflow_hub`` into the cache (see :func:`cache_dir`);
+- a local SavedModel directory;
+- a local ``.tar.gz`` / ``.tgz`` / ``.tar`` archive of a SavedModel, unpacked once
+  into the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import contract
+from ._tf import tensorflow
+from .errors import ModelError
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_OFFLINE_HINT = (
+    "on a machine without internet, run `isprs-seg model fetch --to DIR` where there "
+    "is internet, copy DIR over and pass `--model DIR`"
+)
+#: Seconds without data before a download is abandoned.
+_DOWNLOAD_TIMEOUT = 120
+#: Side of the probe image used to detect the calling convention (a multiple of 32).
+_PROBE_SIZE = 64
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def default_handle() -> str:
+    """The model used when none is given: ``$ISPRS_SEG_MODEL`` or the TF Hub handle."""
+    return os.environ.get(contract.MODEL_ENV_VAR) or contract.DEFAULT_MODEL
+
+
+def cache_dir() -> Path:
+    """Where downloads and unpacked archives are kept.
+
+    ``$TFHUB_CACHE_DIR`` when set (shared with tensorflow_hub), else a per-user cache
+    directory that survives reboots (tensorflow_hub's own default is under /tmp).
+    """
+    env = os.environ.get("TFHUB_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "isprs-seg" / "tfhub"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a handle led: the user's handle and the local SavedModel directory."""
+
+    handle: str
+    path: Path
+    kind: str  # "directory", "archive" or "url"
+
+    def describe(self) -> str:
+        how = {
+            "directory": "local SavedModel directory",
+            "archive": "unpacked from a local archive into the cache",
+            "url": "downloaded into the cache",
+        }[self.kind]
+        return f"{self.path} ({how})"
+
+
+def _is_url(handle: str) -> bool:
+    return handle.startswith(("http://", "https://", "gs://"))
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def resolve(handle: str | os.PathLike | None = None) -> ModelSource:
+    """Turn a handle into a local SavedModel directory, downloading or unpacking once."""
+    handle = str(handle) if handle is not None else default_handle()
+    if handle.startswith("tfhub.dev/"):
+        handle = "https://" + handle
+    if _is_url(handle):
+        return ModelSource(handle, _saved_model_root(_download(handle), handle), "url")
+    path = Path(handle).expanduser()
+    if path.is_dir():
+        return ModelSource(handle, _saved_model_root(path, handle), "directory")
+    if path.is_file() and _is_archive(path):
+        return ModelSource(handle, _saved_model_root(_unpack(path), handle), "archive")
+    if path.exists():
+        raise ModelError(
+            f"model {handle} is neither a SavedModel directory nor a .tar.gz archive of one"
+        )
+    raise ModelError(
+        f"model {handle} not found: expected a SavedModel directory, a .tar.gz archive "
+        "or an http(s) URL / TF Hub handle"
+    )
+
+
+@contextlib.contextmanager
+def _hub_environment() -> Iterator[None]:
+    """Point tensorflow_hub at our cache and bound network waits, then restore."""
+    saved_env = os.environ.get("TFHUB_CACHE_DIR")
+    saved_timeout = socket.getdefaulttimeout()
+    os.environ["TFHUB_CACHE_DIR"] = str(cache_dir())
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(saved_timeout)
+        if saved_env is None:
+            os.environ.pop("TFHUB_CACHE_DIR", None)
+        else:
+            os.environ["TFHUB_CACHE_DIR"] = saved_env
+
+
+def _download(url: str) -> Path:
+    tensorflow()
+    import tensorflow_hub as hub
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        with _hub_environment():
+            return Path(hub.resolve(url))
+    except Exception as exc:  # urllib, tarfile, tf.errors: all mean the same to the user
+        raise ModelError(
+            f"could not download the model from {url} ({_reason(exc)}); {_OFFLINE_HINT}"
+        ) from exc
+
+
+def _unpack(archive: Path) -> Path:
+    """Unpack a local archive once into the cache, atomically."""
+    stat = archive.stat()
+    key = hashlib.sha1(
+        f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    ).hexdigest()
+    root = cache_dir()
+    target = root / f"archive-{key}"
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.is_dir():  # not a lost race with another process
+                raise
+    except (OSError, tarfile.TarError) as exc:
+        raise ModelError(f"could not unpack the model archive {archive} ({_reason(exc)})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _saved_model_root(path: Path, handle: str) -> Path:
+    """The directory holding ``saved_model.pb``: ``path`` itself or one level or two below."""
+    for depth in range(3):
+        pattern = "/".join(["*"] * depth + ["saved_model.pb*"])
+        found = sorted(path.glob(pattern))
+        if found:
+            return found[0].parent
+    raise ModelError(f"model {handle} holds no TensorFlow SavedModel (no saved_model.pb in {path})")
+
+
+def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
+    """Download (or unpack) a model, check it loads, and copy it to ``destination``.
+
+    The destination is a plain SavedModel directory: copy it to an offline machine and
+    pass it as ``--model``. It must not exist yet or be empty.
+    """
+    dest = Path(destination).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ModelError(f"{dest} already exists and is not an empty directory")
+    model = load_model(handle)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(model.source.path, tmp, dirs_exist_ok=True)
+        if dest.exists():
+            dest.rmdir()
+        tmp.rename(dest)
+    except OSError as exc:
+        raise ModelError(f"could not write the model to {dest} ({_reason(exc)})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__).rstrip(".")
+
+
+# --------------------------------------------------------------------------- calling
+
+
+@dataclass
+class _Method:
+    """One model method (``predict`` or ``get_features``) and how it is reached."""
+
+    name: str
+    fn: Callable
+    via: str  # "attribute" or "signature"
+
+
+def _find_method(obj, name: str) -> _Method | None:
+    fn = getattr(obj, name, None)
+    if fn is not None and callable(fn):
+        return _Method(name, fn, "attribute")
+    signatures = getattr(obj, "signatures", None) or {}
+    if name in signatures:
+        sig = signatures[name]
+        keys = list(sig.structured_input_signature[1])
+        if len(keys) != 1:
+            return None
+
+        def call(x, _sig=sig, _key=keys[0]):
+            outputs = _sig(**{_key: x})
+            return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+
+        return _Method(name, call, "signature")
+    return None
+
+
+#: Calling conventions tried in order: (input form, images per call in the probe).
+_CONVENTIONS = (("tensor", 2), ("list", 2), ("list", 1), ("tensor", 1))
+
+
+@dataclass
+class Model:
+    """A loaded model with its detected calling convention and output layout.
+
+    Call :meth:`predict` and :meth:`features` with float32 images ``[n, h, w, 3]``;
+    batches are padded to ``batch_size`` so every model call has the same shape.
+    """
+
+    source: ModelSource
+    num_classes: int
+    feature_channels: int | None
+    convention: str  # "tensor": one [B, H, W, 3] tensor; "list": a list of [H, W, 3] images
+    max_batch: int | None  # None: any batch size; 1: one image per call
+    outputs_probabilities: bool
+    methods: dict[str, str]  # method name -> "attribute" / "signature"
+    batch_size: int = contract.DEFAULT_BATCH_SIZE
+    _obj: object = field(default=None, repr=False)
+    _calls: dict = field(default_factory=dict, repr=False)
+
+    # -- description -------------------------------------------------------------
+    @property
+    def handle(self) -> str:
+        return self.source.handle
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.num_classes == len(contract.CLASSES):
+            return contract.CLASS_NAMES
+        return tuple(f"class {i}" for i in range(self.num_classes))
+
+    @property
+    def class_colors(self) -> tuple[tuple[int, int, int], ...]:
+        if self.num_classes == len(contract.CLASSES):
+            return tuple(c.color for c in contract.CLASSES)
+        rng = np.random.default_rng(0)
+        return tuple(tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(self.num_classes))
+
+    @property
+    def input_description(self) -> str:
+        if self.convention == "tensor":
+            return "float32 tensor [batch, height, width, 3]"
+        per_call = "one image per call" if self.max_batch == 1 else "batched"
+        return f"list of float32 [height, width, 3] images ({per_call})"
+
+    def info(self) -> dict:
+        """Everything `isprs-seg model info` reports, as plain data."""
+        return {
+            "handle": self.source.handle,
+            "path": str(self.source.path),
+            "loaded_from": self.source.describe(),
+            "input": self.input_description,
+            "input_recipe": contract.INPUT_RECIPE,
+            "methods": dict(self.methods),
+            "output": "probabilities" if self.outputs_probabilities else "logits (softmax applied)",
+            "classes": [
+                {"index": i, "name": n, "color": "#%02x%02x%02x" % c}
+                for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))
+            ],
+            "feature_channels": self.feature_channels,
+            "feature_stride": contract.FEATURE_STRIDE,
+            "network_stride": contract.NETWORK_STRIDE,
+            "default_tile": contract.DEFAULT_TILE,
+            "default_overlap": contract.DEFAULT_OVERLAP,
+        }
+
+    # -- inference ---------------------------------------------------------------
+    def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities ``[n, h, w, classes]`` for float32 images ``[n, h, w, 3]``."""
+        return self._run("predict", images, batch_size)
+
+    def features(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Feature maps ``[n, ceil(h/4), ceil(w/4), channels]`` for images ``[n, h, w, 3]``."""
+        if self.feature_channels is None:
+            raise ModelError(
+                f"model {self.handle} has no get_features method, so it cannot produce features"
+            )
+        return self._run("get_features", images, batch_size)
+
+    def warm_up(self, height: int, width: int, batch_size: int | None = None, method: str = "predict") -> None:
+        """Trace and run the model once at the batch shape the pipeline will use."""
+        self._run(method, np.zeros((1, height, width, 3), np.float32), batch_size)
+
+    def _run(self, method: str, images: np.ndarray, batch_size: int | None) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected images [n, h, w, 3], got {images.shape}")
+        n = images.shape[0]
+        step = batch_size or self.batch_size
+        if self.max_batch is not None:
+            step = min(step, self.max_batch)
+        call = self._call(method)
+        tf = tensorflow()
+        out = []
+        for start in range(0, n, step):
+            chunk = images[start : start + step]
+            if chunk.shape[0] < step:  # pad the last batch: one shape, one trace
+                pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            result = call(tf.constant(chunk)).numpy()
+            out.append(result[: min(step, n - start)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def _call(self, method: str):
+        if method not in self._calls:
+            tf = tensorflow()
+
+            fn = _find_method(self._obj, method).fn
+            convention = self.convention
+            softmax = method == "predict" and not self.outputs_probabilities
+
+            @tf.function(reduce_retracing=True)
+            def call(x):
+                y = _invoke(fn, convention, x)
+                return tf.nn.softmax(y, axis=-1) if softmax else y
+
+            self._calls[method] = call
+        return self._calls[method]
+
+
+def _invoke(fn: Callable, convention: str, x):
+    """Call a model method on a 4-D batch in the given convention; returns a 4-D tensor."""
+    tf = tensorflow()
+
+    if convention == "tensor":
+        y = fn(x)
+    else:
+        y = fn([x[i] for i in range(x.shape[0])])
+        if isinstance(y, (list, tuple)):
+            y = tf.stack(list(y))
+    if isinstance(y, dict):
+        y = next(iter(y.values()))
+    return tf.convert_to_tensor(y)
+
+
+def _probe_images(n: int, size: int = _PROBE_SIZE) -> np.ndarray:
+    """A deterministic, textured probe batch in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.stack([0.5 + 0.4 * np.sin(7 * xx), 0.5 + 0.4 * np.cos(5 * yy), 0.5 + 0.3 * np.sin(3 * (xx + yy))], -1)
+    return np.stack([np.roll(base, 7 * i, axis=1) for i in range(n)]).astype(np.float32)
+
+
+def _detect(obj, source: ModelSource) -> dict:
+    """Find the methods, the calling convention and the output layout with probe calls."""
+    predict = _find_method(obj, "predict")
+    if predict is None:
+        raise ModelError(
+            f"model {source.handle} does not have the expected interface: it needs a "
+            "`predict` method or signature taking RGB images [batch, height, width, 3] "
+            "and returning class probabilities [batch, height, width, classes]"
+        )
+    errors = []
+    for convention, n in _CONVENTIONS:
+        probe = _probe_images(n)
+        try:
+            tf = tensorflow()
+            out = _invoke(predict.fn, convention, tf.constant(probe)).numpy()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not this convention"
+            errors.append(f"{convention}: {_reason(exc)}")
+            continue
+        if out.ndim == 4 and out.shape[:3] == probe.shape[:3] and out.shape[3] >= 2:
+            break
+        errors.append(f"{convention}: output shape {out.shape} for input {probe.shape}")
+    else:
+        raise ModelError(
+            f"model {source.handle} does not have the expected interface: predict must take "
+            "a float32 tensor [batch, height, width, 3] or a list of [height, width, 3] "
+            "images and return [batch, height, width, classes] at the input resolution "
+            f"(tried: {'; '.join(errors)})"
+        )
+    sums = out.sum(axis=-1)
+    probabilities = bool(
+        np.all(np.isfinite(out))
+        and out.min() >= -1e-4
+        and out.max() <= 1 + 1e-4
+        and np.abs(sums - 1).max() < 1e-3
+    )
+    detected = {
+        "convention": convention,
+        "max_batch": None if n > 1 else 1,
+        "num_classes": int(out.shape[-1]),
+        "outputs_probabilities": probabilities,
+        "methods": {"predict": predict.via},
+        "feature_channels": None,
+    }
+    features = _find_method(obj, "get_features")
+    if features is not None:
+        tf = tensorflow()
+
+        try:
+            fout = _invoke(features.fn, convention, tf.constant(probe)).numpy()
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(
+                f"model {source.handle}: get_features failed on a {_PROBE_SIZE}x{_PROBE_SIZE} "
+                f"probe ({_reason(exc)})"
+            ) from exc
+        side = -(-_PROBE_SIZE // contract.FEATURE_STRIDE)
+        if fout.ndim != 4 or fout.shape[:3] != (n, side, side):
+            raise ModelError(
+                f"model {source.handle}: get_features returned shape {fout.shape} for input "
+                f"{probe.shape}; expected [batch, ceil(height/4), ceil(width/4), channels]"
+            )
+        detected["feature_channels"] = int(fout.shape[-1])
+        detected["methods"]["get_features"] = features.via
+    return detected
+
+
+def load_model(
+    handle: str | os.PathLike | None = None, batch_size: int = contract.DEFAULT_BATCH_SIZE
+) -> Model:
+    """Resolve, load and probe a model. Raises :class:`ModelError` with a clear message."""
+    source = resolve(handle)
+    tf = tensorflow()
+
+    try:
+        obj = tf.saved_model.load(str(source.path))
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
+        raise ModelError(
+            f"could not load the SavedModel in {source.path} ({_reason(exc)}); "
+            "fetch it again with `isprs-seg model fetch` or pass another `--model DIR`"
+        ) from exc
+    detected = _detect(obj, source)
+    return Model(source=source, batch_size=batch_size, _obj=obj, **detected)

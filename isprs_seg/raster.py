@@ -1,0 +1,274 @@
+"""Raster input and output: reading row bands with their validity mask, turning raw
+bands into model input, and writing georeferenced outputs safely.
+
+Knows nothing of the model. Outputs are written under a temporary name in the
+destination directory and renamed only when complete (:func:`atomic_outputs`), in
+whole blocks of rows (:class:`BlockRowWriter`) so that compressed tiles are written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from .errors import InputError, OutputError
+
+#: Block side of every output GeoTIFF.
+OUTPUT_BLOCK = 512
+
+
+class IsprsSegWarning(UserWarning):
+    """Something the user should know about an input or output; processing goes on."""
+
+
+# --------------------------------------------------------------------------- input
+
+
+def open_input(path: str | os.PathLike) -> rasterio.DatasetReader:
+    """Open a raster for reading, with one clear sentence when that is not possible."""
+    name = str(path)
+    if not name.startswith("/vsi"):
+        p = Path(name)
+        if p.is_dir():
+            raise InputError(f"{name} is a directory, not a raster")
+        if not p.exists():
+            raise InputError(f"{name} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(name)
+    except RasterioIOError as exc:
+        raise InputError(f"{name} cannot be read as a raster ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
+
+
+def is_georeferenced(src: rasterio.DatasetReader) -> bool:
+    return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """How raw bands become model input ``[h, w, 3]`` float32.
+
+    ``bands`` are the 1-based red and green band indexes; the model input is the
+    pseudo-RGB ``[R, G, (R + G) / 2]`` the model was trained on, scaled by ``1 / scale``.
+    """
+
+    bands: tuple[int, int] = (1, 2)
+    scale: float = 255.0
+
+    @classmethod
+    def for_dataset(cls, src: rasterio.DatasetReader) -> "InputRecipe":
+        if src.count < 3:
+            raise InputError(
+                f"{src.name} has {src.count} band(s); isprs-seg needs an RGB image "
+                "(red in band 1, green in band 2, blue in band 3)"
+            )
+        if src.dtypes[0] != "uint8" or src.dtypes[1] != "uint8":
+            raise InputError(
+                f"{src.name} has {src.dtypes[0]} pixels; isprs-seg reads 8-bit RGB "
+                "orthophotos (convert with gdal_translate -ot Byte -scale)"
+            )
+        return cls()
+
+    def to_model(self, raw: np.ndarray) -> np.ndarray:
+        """Raw bands ``[2, h, w]`` (red, green) to model input ``[h, w, 3]`` in [0, 1]."""
+        red = raw[0].astype(np.float32) / self.scale
+        green = raw[1].astype(np.float32) / self.scale
+        return np.stack([red, green, (red + green) * 0.5], axis=-1)
+
+
+def read_rows(
+    src: rasterio.DatasetReader, recipe: InputRecipe, row: int, rows: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw bands ``[bands, rows, width]`` and validity ``[rows, width]`` from image row ``row``.
+
+    ``width`` may exceed the image: pixels outside the image read as 0 and invalid.
+    A pixel is valid unless the dataset's mask says otherwise: an alpha band or mask
+    (internal or external ``.msk``), or the nodata value in every band read.
+    """
+    bands = list(recipe.bands)
+    raw = np.zeros((len(bands), rows, width), dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros((rows, width), dtype=bool)
+    h = min(rows, src.height - row)
+    w = min(width, src.width)
+    if h <= 0:
+        return raw, valid
+    window = Window(0, row, w, h)
+    raw[:, :h, :w] = src.read(bands, window=window)
+    valid[:h, :w] = _validity(src, bands, raw[:, :h, :w], window)
+    return raw, valid
+
+
+def _validity(src, bands: Sequence[int], raw: np.ndarray, window: Window) -> np.ndarray:
+    flags = [src.mask_flag_enums[b - 1] for b in bands]
+    if all(MaskFlags.all_valid in f for f in flags):
+        return np.ones(raw.shape[1:], bool)
+    if all(MaskFlags.nodata in f for f in flags) and src.nodata is not None:
+        # Computed from the pixels already read instead of decoding them again.
+        nodata = src.nodata
+        invalid = np.isnan(raw) if np.isnan(nodata) else raw == np.asarray(nodata, raw.dtype)
+        return ~np.all(invalid, axis=0)
+    masks = src.read_masks(bands, window=window)
+    return np.any(masks > 0, axis=0)
+
+
+# --------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside ``finals``; renamed to the final names only on success.
+
+    On any exception (including KeyboardInterrupt) the temporaries are removed and no
+    file appears under a final name. The renames go in order: put the file whose
+    presence means "done" last.
+    """
+    temps = [f.with_name(f".{f.name}.{uuid.uuid4().hex[:8]}.partial") for f in finals]
+    try:
+        yield temps
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+
+
+def check_output_path(path: Path) -> None:
+    """Fail early, before any work, when ``path`` cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+
+
+def _base_profile(src: rasterio.DatasetReader, count: int, dtype: str) -> dict:
+    profile = {
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": count,
+        "dtype": dtype,
+        "tiled": True,
+        "blockxsize": OUTPUT_BLOCK,
+        "blockysize": OUTPUT_BLOCK,
+        "compress": "deflate",
+        "predictor": 3 if dtype.startswith("float") else 2,
+        "bigtiff": "if_safer",
+        "interleave": "pixel" if count == 1 else "band",
+    }
+    if is_georeferenced(src):
+        profile["crs"] = src.crs
+        profile["transform"] = src.transform
+    return profile
+
+
+def open_class_raster(
+    path: Path, src, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]],
+    nodata: int, tags: dict,
+) -> rasterio.io.DatasetWriter:
+    """A uint8 class raster with the input's grid, a colour table and class names."""
+    profile = _base_profile(src, 1, "uint8")
+    profile["nodata"] = nodata
+    dst = _open_output(path, profile)
+    colormap = {i: (*c, 255) for i, c in enumerate(colors)}
+    colormap[nodata] = (0, 0, 0, 0)
+    dst.write_colormap(1, colormap)
+    dst.set_band_description(1, "class")
+    dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), NODATA_CLASS=str(nodata))
+    dst.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(class_names)})
+    return dst
+
+
+def open_probability_raster(
+    path: Path, src, class_names: Sequence[str], dtype: str, tags: dict
+) -> rasterio.io.DatasetWriter:
+    """One band per class: float32 (nodata NaN) or uint8 0-255 (internal mask)."""
+    profile = _base_profile(src, len(class_names), dtype)
+    if dtype == "float32":
+        profile["nodata"] = float("nan")
+    dst = _open_output(path, profile)
+    for i, name in enumerate(class_names, start=1):
+        dst.set_band_description(i, name)
+    scale = "probability" if dtype == "float32" else "probability * 255"
+    dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), VALUES=scale)
+    return dst
+
+
+def _open_output(path: Path, profile: dict) -> rasterio.io.DatasetWriter:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                return rasterio.open(path, "w", **profile)
+    except (RasterioIOError, OSError) as exc:
+        raise OutputError(f"cannot create {path} ({_first_line(exc)})") from exc
+
+
+class BlockRowWriter:
+    """Writes rows that arrive in order, in whole blocks of rows, with an optional mask.
+
+    Compressed tiles are then written exactly once, without GDAL re-reading or
+    rewriting partial blocks. Memory: at most one block of rows of the output.
+    """
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter, block_rows: int = OUTPUT_BLOCK, mask: bool = False):
+        self.dataset = dataset
+        self.block_rows = block_rows
+        self.mask = mask
+        self.next_row = 0
+        self._data: list[np.ndarray] = []
+        self._valid: list[np.ndarray] = []
+        self._buffered = 0
+
+    def write(self, row: int, data: np.ndarray, valid: np.ndarray) -> None:
+        """Queue ``data [bands, rows, width]`` (and validity ``[rows, width]``) at ``row``."""
+        if row != self.next_row + self._buffered:
+            raise ValueError(f"rows must arrive in order: got {row}, expected {self.next_row + self._buffered}")
+        self._data.append(data)
+        self._valid.append(valid)
+        self._buffered += data.shape[1]
+        end = self.next_row + self._buffered
+        full = end - end % self.block_rows if end < self.dataset.height else end
+        if full > self.next_row:
+            self._flush(full - self.next_row)
+
+    def close(self) -> None:
+        if self._buffered:
+            self._flush(self._buffered)
+
+    def _flush(self, rows: int) -> None:
+        data = np.concatenate(self._data, axis=1) if len(self._data) > 1 else self._data[0]
+        valid = np.concatenate(self._valid, axis=0) if len(self._valid) > 1 else self._valid[0]
+        window = Window(0, self.next_row, self.dataset.width, rows)
+        try:
+            self.dataset.write(data[:, :rows], window=window)
+            if self.mask:
+                self.dataset.write_mask(np.where(valid[:rows], 255, 0).astype(np.uint8), window=window)
+        except (RasterioIOError, OSError) as exc:
+            raise OutputError(f"cannot write {self.dataset.name} ({_first_line(exc)})") from exc
+        self._data = [data[:, rows:]] if rows < data.shape[1] else []
+        self._valid = [valid[rows:]] if rows < valid.shape[0] else []
+        self._buffered -= rows
+        self.next_row += rows
+
