@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -40,10 +40,20 @@ PROBABILITY_DTYPES = ("float32", "uint8")
 
 
 class Progress(Protocol):
+    """A progress display (a tqdm bar fits): a context manager with ``update(n)``."""
+
+    def __enter__(self) -> "Progress": ...
+    def __exit__(self, *exc) -> object: ...
     def update(self, n: int = 1) -> object: ...
 
 
 class _NoProgress:
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -122,14 +132,15 @@ def predict_raster(
     batch_size: int | None = None,
     blend: str = "taper",
     probabilities_dtype: str = "float32",
-    progress: Progress | None = None,
+    progress: Callable[[int], Progress] | None = None,
 ) -> PredictResult:
     """Segment one raster into a class raster at ``output``.
 
     ``probabilities``: a path for the per-class probability raster, ``True`` for the
     name next to ``output`` (:func:`probabilities_path_for`), or ``None``.
     ``model``: a loaded :class:`Model`, a handle, or ``None`` for the default model.
-    ``progress``: anything with ``update(n)`` (a tqdm bar), advanced once per patch.
+    ``progress``: called with the number of patches, returns a :class:`Progress`
+    (for example ``lambda total: tqdm(total=total)``), advanced once per patch.
     Outputs appear under their final names only when complete.
     """
     started = time.perf_counter()
@@ -148,7 +159,6 @@ def predict_raster(
     if not isinstance(model, Model):
         model = load_model(model)
     batch_size = batch_size or model.batch_size
-    progress = progress or _NoProgress()
 
     with open_input(input) as src:
         recipe = InputRecipe.for_dataset(src)
@@ -187,28 +197,29 @@ def predict_raster(
                             if prob_writer:
                                 prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
 
-                    def run(batch: list[_Patch]) -> None:
+                    def run(batch: list[_Patch], bar: Progress) -> None:
                         probs = model.predict(np.stack([p.image for p in batch]), batch_size)
                         for patch, p in zip(batch, probs):
                             if patch.y > acc.top:
                                 emit(patch.y)
                             acc.add(patch.y, patch.x, p, patch.weights)
-                        progress.update(len(batch))
+                        bar.update(len(batch))
 
                     model.warm_up(*grid.patch_shape, batch_size)
-                    batch: list[_Patch] = []
-                    for patch in _patches(src, grid, recipe, blend):
-                        if patch.image is None:
-                            skipped += 1
-                            progress.update(1)
-                            continue
-                        batch.append(patch)
-                        tiles += 1
-                        if len(batch) == batch_size:
-                            run(batch)
-                            batch = []
-                    if batch:
-                        run(batch)
+                    with (progress or (lambda total: _NoProgress()))(len(grid)) as bar:
+                        batch: list[_Patch] = []
+                        for patch in _patches(src, grid, recipe, blend):
+                            if patch.image is None:
+                                skipped += 1
+                                bar.update(1)
+                                continue
+                            batch.append(patch)
+                            tiles += 1
+                            if len(batch) == batch_size:
+                                run(batch, bar)
+                                batch = []
+                        if batch:
+                            run(batch, bar)
                     emit(src.height)
                     class_writer.close()
                     if prob_writer:

@@ -99,8 +99,8 @@ def read_rows(
     """Raw bands ``[bands, rows, width]`` and validity ``[rows, width]`` from image row ``row``.
 
     ``width`` may exceed the image: pixels outside the image read as 0 and invalid.
-    A pixel is valid unless the dataset's mask says otherwise: an alpha band or mask
-    (internal or external ``.msk``), or the nodata value in every band read.
+    Validity is GDAL's dataset mask: an alpha band or a mask (internal or external
+    ``.msk``), or, for a nodata value, valid unless every band holds it.
     """
     bands = list(recipe.bands)
     raw = np.zeros((len(bands), rows, width), dtype=src.dtypes[bands[0] - 1])
@@ -110,22 +110,21 @@ def read_rows(
     if h <= 0:
         return raw, valid
     window = Window(0, row, w, h)
-    raw[:, :h, :w] = src.read(bands, window=window)
-    valid[:h, :w] = _validity(src, bands, raw[:, :h, :w], window)
-    return raw, valid
-
-
-def _validity(src, bands: Sequence[int], raw: np.ndarray, window: Window) -> np.ndarray:
-    flags = [src.mask_flag_enums[b - 1] for b in bands]
+    flags = src.mask_flag_enums
     if all(MaskFlags.all_valid in f for f in flags):
-        return np.ones(raw.shape[1:], bool)
-    if all(MaskFlags.nodata in f for f in flags) and src.nodata is not None:
-        # Computed from the pixels already read instead of decoding them again.
+        raw[:, :h, :w] = src.read(bands, window=window)
+        valid[:h, :w] = True
+    elif src.nodata is not None and all(MaskFlags.nodata in f for f in flags):
+        # Computed from the pixels read anyway rather than decoding them a second time.
+        every = src.read(window=window)
+        raw[:, :h, :w] = every[[b - 1 for b in bands]]
         nodata = src.nodata
-        invalid = np.isnan(raw) if np.isnan(nodata) else raw == np.asarray(nodata, raw.dtype)
-        return ~np.all(invalid, axis=0)
-    masks = src.read_masks(bands, window=window)
-    return np.any(masks > 0, axis=0)
+        missing = np.isnan(every) if np.isnan(nodata) else every == np.asarray(nodata, every.dtype)
+        valid[:h, :w] = ~np.all(missing, axis=0)
+    else:
+        raw[:, :h, :w] = src.read(bands, window=window)
+        valid[:h, :w] = src.dataset_mask(window=window) > 0
+    return raw, valid
 
 
 # --------------------------------------------------------------------------- output

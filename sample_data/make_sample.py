@@ -35,7 +35,7 @@ LIGHT = np.array([np.cos(SUN_ELEV) * 0.7071, np.cos(SUN_ELEV) * 0.7071, np.sin(S
 SHADOW = np.array([0.40, 0.44, 0.55], np.float32)   # colour of shadowed light
 FACE_GRAD = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]], np.float32)  # N, S, W, E slopes
 
-LAWN, DRY = (86, 118, 54), (146, 140, 92)
+LAWN, DRY = (92, 114, 60), (150, 142, 98)
 ASPHALT, LOT, SIDEWALK = (106, 106, 108), (96, 96, 99), (168, 164, 156)
 CURB, PAINT, PAVING = (196, 194, 188), (228, 228, 222), (158, 148, 136)
 ROOFS = [(166, 82, 58), (138, 76, 52), (182, 104, 72), (126, 124, 120), (72, 72, 78)]
@@ -43,6 +43,7 @@ GRAVEL = (150, 148, 142)
 LEAVES = [(58, 88, 42), (70, 98, 48), (48, 76, 40), (80, 104, 54), (42, 64, 44)]
 CARS = [(226, 226, 222), (224, 224, 220), (172, 174, 178), (150, 152, 156), (36, 36, 40),
         (78, 80, 84), (150, 30, 32), (40, 62, 122), (28, 38, 66), (190, 180, 150)]
+UMBRELLAS = [(200, 60, 50), (230, 220, 200), (60, 110, 70)]
 CLUTTER = [(60, 60, 62), (40, 70, 130), (110, 80, 50), (200, 180, 40), (210, 210, 205)]
 
 
@@ -89,7 +90,7 @@ class Scene:
         self.z = np.zeros((HEIGHT, WIDTH), np.float32)
         shape = (HEIGHT + 2 * PAD, WIDTH + 2 * PAD)
         self.coarse = fractal(self.rng, *shape, (300, 110, 40))
-        self.fine = fractal(self.rng, *shape, (10, 4))
+        self.fine = fractal(self.rng, *shape, (6, 2))
 
     def noise(self, x0, y0, w, h, coarse=False):
         """Slice of a global noise field covering the given pixel window."""
@@ -120,7 +121,8 @@ class Scene:
         """Filled circle."""
         n = int(r) + 1
         yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
-        col = np.asarray(rgb, np.float32) * (1 + amp * self.noise(cx - n, cy - n, 2 * n + 1, 2 * n + 1))[..., None]
+        tex = 1 + amp * self.noise(cx - n, cy - n, 2 * n + 1, 2 * n + 1)
+        col = np.asarray(rgb, np.float32) * tex[..., None]
         self.paint(cx - n, cy - n, np.hypot(xx, yy) < r, col, z)
 
     def roof(self, wings, rgb, kind="gable", eave=6.0, pitch=38.0, solar=False, chimney=True):
@@ -133,16 +135,15 @@ class Scene:
         X1, Y1 = max(w[2] for w in wings), max(w[3] for w in wings)
         yy, xx = np.mgrid[Y0:Y1, X0:X1] + 0.5
         dist = np.full(yy.shape, -np.inf)
-        face, gap = np.zeros(yy.shape, int), np.zeros(yy.shape)
-        for x0, y0, x1, y1 in wings:
+        face, owner, gap = np.zeros(yy.shape, int), np.zeros(yy.shape, int), np.zeros(yy.shape)
+        for i, (x0, y0, x1, y1) in enumerate(wings):
             d = np.stack([yy - y0, y1 - yy, xx - x0, x1 - xx])   # to N, S, W, E eaves
             inside = (d > 0).all(0)
-            if kind == "gable":
-                d[2:] if x1 - x0 >= y1 - y0 else d[:2]
-                d[2:4 if x1 - x0 >= y1 - y0 else 2][...] = np.inf
+            if kind == "gable":                                # slopes only across the ridge
+                d[[2, 3] if x1 - x0 >= y1 - y0 else [0, 1]] = np.inf
             srt = np.sort(d, axis=0)
             better = inside & (srt[0] > dist)
-            dist[better], face[better] = srt[0][better], d.argmin(0)[better]
+            dist[better], face[better], owner[better] = srt[0][better], d.argmin(0)[better], i
             gap[better] = (srt[1] - srt[0])[better]
         mask = np.isfinite(dist)
         dist = np.maximum(dist, 0)
@@ -161,22 +162,27 @@ class Scene:
             tex += 0.04 * np.sin(2 * np.pi * dist / 3.6)      # courses of tiles
             tex[gap < 1.5] *= 0.82                             # ridge and hip tiles
         img = col * (shade * tex)[..., None]
-        if solar:                                              # panels on the sunny face
+        if solar:                                  # rectangular panels on the sunny face
             x0, y0, x1, y1 = wings[0]
-            sunny = 1 if x1 - x0 >= y1 - y0 else 3
-            m = (face == sunny) & (dist > 5) & (gap > 5) & (xx > x0 + 0.2 * (x1 - x0)) \
-                & (xx < x1 - 0.2 * (x1 - x0)) & (yy > y0 + 5) & (yy < y1 - 5)
-            grid = ((xx - x0) % 11 < 1) | (dist % 17 < 1)
+            along = x1 - x0 >= y1 - y0             # ridge runs east-west: sunny face is S
+            a, a0, a1 = (xx, x0, x1) if along else (yy, y0, y1)
+            run = (y1 - y0 if along else x1 - x0) / 2
+            end = max(run if kind == "hip" else 0, 0.2 * (a1 - a0)) + 3
+            m = (owner == 0) & (face == (1 if along else 3)) & (dist > 5) & (dist < run - 5) \
+                & (a > a0 + end) & (a < a1 - end)
+            grid = ((a - a0) % 11 < 1) | (dist % 17 < 1)
             panel = np.where(grid[..., None], (88, 92, 108), (36, 42, 64)) * shade[..., None]
             img[m], z = panel[m], z + 0.15 * m
         self.paint(X0, Y0, mask, img, z)
         x0, y0, x1, y1 = wings[0]
         if kind == "flat":                                     # rooftop units
-            for _ in range(self.rng.integers(2, 6)):
-                w, h = self.rng.integers(12, 40, 2)
+            size = max(min(x1 - x0, y1 - y0) // 5, 12)
+            for _ in range(self.rng.integers(1, 2 + size // 6)):
+                w, h = self.rng.integers(8, size, 2)
                 ux = int(self.rng.integers(x0 + 10, max(x1 - w - 10, x0 + 11)))
                 uy = int(self.rng.integers(y0 + 10, max(y1 - h - 10, y0 + 11)))
-                self.rect(ux, uy, ux + w, uy + h, (184, 184, 180), z=eave + 0.4 + self.rng.uniform(0.8, 2))
+                top = eave + 0.4 + self.rng.uniform(0.8, 2.0)
+                self.rect(ux, uy, ux + w, uy + h, (184, 184, 180), z=top)
         elif chimney:
             along = x1 - x0 >= y1 - y0
             t = self.rng.uniform(0.2, 0.8)
@@ -192,7 +198,8 @@ class Scene:
         z = z + 0.25 * smooth_noise(self.rng, h, w, 4) + 0.3 * smooth_noise(self.rng, h, w, 9)
         gy, gx = np.gradient(z / RES)
         shade = np.clip(slope_shade(gx, gy), 0.3, 1.4)
-        col = np.asarray(rgb, np.float32) * (shade * (1 + 0.06 * self.noise(x0, y0, w, h)))[..., None]
+        shade = shade * (1 + 0.06 * self.noise(x0, y0, w, h))
+        col = np.asarray(rgb, np.float32) * shade[..., None]
         self.paint(x0, y0, mask, col, z)
 
     def tree(self, cx, cy, r, top, rgb):
@@ -221,7 +228,8 @@ class Scene:
         f = u / length
         cabin = (f > 0.30) & (f < 0.80)
         glass = cabin & ((f < 0.42) | (f > 0.72) | (v < 3.5) | (v > width - 3.5))
-        col = np.where(cabin[..., None], rgb * 1.06, rgb * (0.92 + 0.08 * np.abs(v - width / 2) / width))
+        body = rgb * (1 - 0.2 * np.abs(v / width - 0.5))[..., None]   # rounded flanks
+        col = np.where(cabin[..., None], rgb * 1.06, body)
         col = np.where(glass[..., None], (34, 38, 46), col).astype(np.float32)
         z = np.where(cabin, 1.45, 0.95)
         if flip:
@@ -260,27 +268,24 @@ class Scene:
 
     def finish(self):
         """Slight optical blur, haze and sensor noise; returns a (3, H, W) uint8 array."""
-        img = blur(self.img) * 0.94 + 10
+        img = blur(self.img, 2) * 0.94 + 10
         img += self.rng.normal(0, 1.2, img.shape).astype(np.float32)
         return np.clip(np.rint(img), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
 def ground(s):
-    """Lawn everywhere, with dry patches and mowing texture."""
+    """Lawn everywhere, with dry patches and fine texture."""
     c, f = s.noise(0, 0, WIDTH, HEIGHT, coarse=True), s.noise(0, 0, WIDTH, HEIGHT)
     dry = np.clip((c - 0.6) * 1.2, 0, 1)[..., None]
     col = (1 - dry) * np.float32(LAWN) + dry * np.float32(DRY)
     s.img[:] = col * (1 + 0.07 * c + 0.06 * f)[..., None]
 
 
-def hstreet(s, x0, x1, y0, y1, walk, dashes=None):
-    """East-west street: carriageway y0..y1, sidewalks ``walk`` px wide, optional centre dashes."""
+def hstreet(s, x0, x1, y0, y1, walk):
+    """East-west street sidewalks and curbs; the carriageway is drawn later."""
     s.rect(x0, y0 - walk, x1, y0, SIDEWALK, 0.04)
     s.rect(x0, y1, x1, y1 + walk, SIDEWALK, 0.04)
     s.rect(x0, y0 - 2, x1, y1 + 2, CURB, 0.03)
-    if dashes is not None:
-        for x in range(x0 + 10, x1 - 30, 90):
-            s.rect(x, dashes - 1, x + 30, dashes + 1, PAINT, 0.08)
 
 
 def vstreet(s, x0, x1, y0, y1, walk):
@@ -295,12 +300,15 @@ def streets(s):
     hstreet(s, -10, WIDTH + 10, 480, 580, 30)
     vstreet(s, 1185, 1255, -10, HEIGHT + 10, 25)
     hstreet(s, -10, 1190, 1200, 1260, 22)
-    for box in [(-10, 480, WIDTH + 10, 580), (1185, -10, 1255, HEIGHT + 10), (-10, 1200, 1185, 1260)]:
-        s.rect(*box, ASPHALT, 0.07)
-    for x0, y0, x1, y1 in [(-10, 480, WIDTH + 10, 580), (1185, -10, 1255, HEIGHT + 10)]:
+    for box in [(-10, 480, WIDTH + 10, 580), (1185, -10, 1255, HEIGHT + 10),
+                (-10, 1200, 1185, 1260)]:
+        s.rect(*box, ASPHALT, 0.07)                           # carriageways
+    for x0, y0, x1, y1 in [(0, 480, WIDTH, 580), (1185, 0, 1255, HEIGHT)]:
         for _ in range(6):                                    # repaired patches
-            px, py = int(s.rng.integers(x0 + 20, x1 - 60)), int(s.rng.integers(y0 + 5, y1 - 30))
-            s.rect(px, py, px + int(s.rng.integers(20, 60)), py + int(s.rng.integers(12, 28)), (92, 92, 95), 0.06)
+            pw = int(s.rng.integers(12, min(60, (x1 - x0) // 2)))
+            ph = int(s.rng.integers(12, min(60, (y1 - y0) // 2)))
+            px, py = int(s.rng.integers(x0, x1 - pw)), int(s.rng.integers(y0, y1 - ph))
+            s.rect(px, py, px + pw, py + ph, (92, 92, 95), 0.06)
     for x in range(0, WIDTH, 90):                             # lane and parking-lane lines
         if not 1120 < x < 1290:
             s.rect(x, 518, x + 30, 521, PAINT, 0.08)
@@ -359,7 +367,8 @@ def houses(s, x0, x1, front, back):
         hx = x + 55 + int(rng.integers(0, plot - 70 - w + 1))
         ya = front + sgn * int(rng.integers(45, 75))
         hy0, hy1 = sorted((ya, ya + sgn * d))
-        s.rect(x + 12, *sorted((front, ya + sgn * 45))[:1], x + 44, sorted((front, ya + sgn * 45))[1], PAVING, 0.04)
+        dy0, dy1 = sorted((front, ya + sgn * 45))             # driveway
+        s.rect(x + 12, dy0, x + 44, dy1, PAVING, 0.04)
         if rng.random() < 0.6:
             s.car(x + 28, front + sgn * 30, vertical=True, flip=sgn < 0)
         for i in range(rng.integers(0, 4)):                   # bins
@@ -370,31 +379,32 @@ def houses(s, x0, x1, front, back):
         if rng.random() < 0.4:                               # L-shaped house
             ww, ext = int(rng.integers(40, 60)), int(rng.integers(40, 70))
             wx = hx if rng.random() < 0.5 else hx + w - ww
-            wings.append((wx, *sorted((back_edge - sgn * 10, back_edge + sgn * ext))[:1], wx + ww,
-                          sorted((back_edge - sgn * 10, back_edge + sgn * ext))[1]))
+            wy0, wy1 = sorted((back_edge - sgn * 10, back_edge + sgn * ext))
+            wings.append((wx, wy0, wx + ww, wy1))
             back_edge += sgn * ext
         kind = ["gable", "gable", "hip", "flat"][rng.integers(4)]
         colour = GRAVEL if kind == "flat" else ROOFS[rng.integers(len(ROOFS))]
         s.roof(wings, colour, kind, eave=rng.uniform(5.5, 7.0), pitch=rng.uniform(30, 45),
-               solar=rng.random() < 0.3)
+               solar=kind != "flat" and rng.random() < 0.3)
         tx = hx + int(rng.integers(5, max(w - 60, 6)))        # terrace with furniture
         ty0, ty1 = sorted((back_edge, back_edge + sgn * 32))
         s.rect(tx, ty0, tx + 55, ty1, (190, 176, 156), 0.05)
         s.rect(tx + 20, ty0 + 10, tx + 32, ty0 + 20, CLUTTER[4], 0.02, z=0.75)
         if rng.random() < 0.5:
-            s.disc(tx + 45, ty0 + 16, 12, [(200, 60, 50), (230, 220, 200), (60, 110, 70)][rng.integers(3)], z=2.3)
+            s.disc(tx + 45, ty0 + 16, 12, UMBRELLAS[rng.integers(3)], z=2.3)   # parasol
         g0, g1 = sorted((back_edge + sgn * 45, back))
         if g1 - g0 > 60 and rng.random() < 0.35:              # pool
             px, py = x + int(rng.integers(20, plot - 110)), int(rng.integers(g0, g1 - 50))
             s.rect(px - 4, py - 4, px + 84, py + 44, (205, 203, 196), 0.03)
             s.rect(px, py, px + 80, py + 40, (70, 160, 190), 0.03)
         elif g1 - g0 > 60 and rng.random() < 0.4:             # trampoline
-            s.disc(x + int(rng.integers(40, plot - 40)), int(rng.integers(g0 + 20, g1 - 20)), 20, (40, 42, 46), z=1.0)
+            cx, cy = x + int(rng.integers(40, plot - 40)), int(rng.integers(g0 + 20, g1 - 20))
+            s.disc(cx, cy, 20, (40, 42, 46), z=1.0)
         if g1 - g0 > 50 and rng.random() < 0.5:               # garden shed
             sx = x + int(rng.integers(10, plot - 40))
             sy = (back - 30) if sgn > 0 else back + 8
-            s.roof([(sx, sy, sx + 30, sy + 22)], ROOFS[rng.integers(len(ROOFS))], eave=2.2, pitch=20,
-                   chimney=False)
+            s.roof([(sx, sy, sx + 30, sy + 22)], ROOFS[rng.integers(len(ROOFS))], eave=2.2,
+                   pitch=20, chimney=False)
         s.random_trees(x + 15, g0, x + plot - 15, g1, int(rng.integers(1, 4)))
         if rng.random() < 0.6:
             s.hedge(x + plot - 6, min(front, back) + (10 if sgn > 0 else 0), x + plot + 6,
@@ -403,8 +413,8 @@ def houses(s, x0, x1, front, back):
 
 
 def big_buildings(s):
-    """Office with a flat roof, apartment block with a dark hip roof, L-shaped gabled block."""
-    s.rect(1300, 210, 1770, 440, (150, 148, 142), 0.05)
+    """Flat-roofed office, dark hip-roofed apartment block, L-shaped gabled block, playground."""
+    s.rect(1300, 210, 1770, 440, (128, 126, 122), 0.05)       # office yard
     s.roof([(1330, 40, 1960, 200), (1780, 40, 1960, 410)], GRAVEL, "flat", eave=11.0)
     for x in range(1330, 1740, 70):
         if s.rng.random() < 0.7:
@@ -432,7 +442,8 @@ def build(seed=SEED):
     big_buildings(s)
     for x in range(60, WIDTH, 130):                           # street trees
         if not 1100 < x < 1300:
-            s.tree(x + int(s.rng.integers(-10, 10)), 462, int(s.rng.integers(36, 48)), 13.0, LEAVES[1])
+            r = int(s.rng.integers(36, 48))
+            s.tree(x + int(s.rng.integers(-10, 10)), 462, r, 13.0, LEAVES[1])
     for y in range(660, HEIGHT, 140):
         s.tree(1268, y, int(s.rng.integers(34, 44)), 12.0, LEAVES[3])
     s.random_trees(1290, 620, WIDTH, HEIGHT, 30, 25, 65)
@@ -456,10 +467,14 @@ def write(img, path):
 
 
 def main(argv=None):
+    """Write the sample to the path given as first argument, or next to this script."""
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else Path(__file__).resolve().parent / "sample_ortho.tif"
     write(build(), path)
-    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    size = path.stat().st_size
+    print(f"wrote {path} ({size} bytes)")
+    if size >= 1_000_000:
+        sys.exit("sample is too large for the repository (limit 1,000,000 bytes)")
 
 
 if __name__ == "__main__":

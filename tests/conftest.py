@@ -1,0 +1,116 @@
+"""Shared fixtures: real rasters from ../shared/data and stand-in models built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ISPRS_SEG_TEST_DATA", ROOT.parent / "shared" / "data"))
+HRO = DATA / "orthophoto" / "usgs_hro_colorado_15cm"
+HRO_PLAIN = HRO / "201404_13SED190110_201404_0x1500m_CL_1.tif"
+HRO_ALPHA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_alpha.tif"
+HRO_NODATA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_nodata.tif"
+HRO_MASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_mask.tif"
+HRO_EXTMASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_extmask.tif"
+ZANZIBAR = DATA / "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"
+ALPHA_MOSTLY_EMPTY = DATA / "misc" / "rasterio" / "alpha.tif"
+POTSDAM_PNG = DATA / "isprs" / "potsdam" / "img_dir" / "2_10_0_0_512_512.png"
+
+
+def pytest_configure(config):
+    if not DATA.is_dir():
+        raise pytest.UsageError(f"test rasters not found at {DATA} (set ISPRS_SEG_TEST_DATA)")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _build(models_dir: Path, name: str, kind: str = "small", **options) -> Path:
+    from isprs_seg.testing.standins import build_standin
+
+    path = models_dir / name
+    if not path.exists():
+        build_standin(path, kind, **options)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_dir(models_dir) -> Path:
+    """The bounded-receptive-field stand-in (tensor convention, attributes, probabilities)."""
+    return _build(models_dir, "small")
+
+
+@pytest.fixture(scope="session")
+def small_model(small_dir):
+    from isprs_seg.model import load_model
+
+    return load_model(small_dir)
+
+
+@pytest.fixture(scope="session")
+def variant_dirs(models_dir) -> dict[str, Path]:
+    """The same small network exported in every calling convention the model layer handles."""
+    return {
+        "list": _build(models_dir, "small-list", convention="list"),
+        "signatures": _build(models_dir, "small-signatures", methods="signatures"),
+        "logits": _build(models_dir, "small-logits", logits=True),
+    }
+
+
+@pytest.fixture(scope="session")
+def w48_dir(models_dir) -> Path:
+    """HRNetV2-W48 with random weights: the real architecture and cost."""
+    return _build(models_dir, "hrnet-w48", kind="hrnet-w48")
+
+
+def model_input(path: Path) -> np.ndarray:
+    """The whole image as model input [1, H, W, 3]: pseudo-RGB from bands 1-2, / 255."""
+    with rasterio.open(path) as src:
+        rg = src.read([1, 2]).astype(np.float32) / 255
+    return np.stack([rg[0], rg[1], (rg[0] + rg[1]) * 0.5], axis=-1)[None]
+
+
+def valid_mask(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.dataset_mask() > 0
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 600):
+    """Run ``isprs-seg`` in a subprocess, as a user's shell would."""
+    return subprocess.run(
+        [sys.executable, "-m", "isprs_seg", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_crop(src_path: Path, dst_path: Path, height: int, width: int, row: int = 0, col: int = 0) -> Path:
+    """A georeferenced crop of a real raster (same CRS, shifted transform)."""
+    from rasterio.windows import Window
+
+    with rasterio.open(src_path) as src:
+        window = Window(col, row, width, height)
+        profile = src.profile | {
+            "width": width,
+            "height": height,
+            "transform": src.window_transform(window),
+            "tiled": False,
+            "compress": "deflate",
+        }
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return dst_path
