@@ -22,7 +22,8 @@ _LAZY = {
     "Model": ("isprs_seg.model", "Model"),
     "fetch_model": ("isprs_seg.model", "fetch_model"),
     "predict_raster": ("isprs_seg.pipeline", "predict_raster"),
-    "PredictResult": ("isprs_seg.pipeline", "PredictResult"),
+    "extract_features": ("isprs_seg.pipeline", "extract_features"),
+    "RunResult": ("isprs_seg.pipeline", "RunResult"),
 }
 
 __all__ = ["__version__", *_LAZY]

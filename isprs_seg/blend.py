@@ -59,15 +59,15 @@ def profile(size: int, before: int, after: int, mode: str) -> np.ndarray:
 
 
 def patch_window(grid: Grid, row: int, col: int, mode: str, stride: int = 1) -> np.ndarray:
-    """2-D weights ``[h, w]`` of patch (``row``, ``col``) of ``grid``.
+    """2-D weights ``[h / stride, w / stride]`` of patch (``row``, ``col``) of ``grid``.
 
-    With ``stride`` > 1 the weights are sampled at the centres of ``stride x stride``
-    cells, for outputs at a lower resolution than the input.
+    With ``stride`` > 1 the window is built at the output's lower resolution (patch
+    sizes and overlaps are multiples of the lattice, hence of the stride), so the
+    weights of neighbouring patches still sum to one.
     """
-    wy = profile(grid.rows.size, *grid.rows.ramps(row), mode)
-    wx = profile(grid.cols.size, *grid.cols.ramps(col), mode)
-    if stride > 1:
-        wy, wx = wy[stride // 2 :: stride], wx[stride // 2 :: stride]
+    (before_y, after_y), (before_x, after_x) = grid.rows.ramps(row), grid.cols.ramps(col)
+    wy = profile(grid.rows.size // stride, before_y // stride, after_y // stride, mode)
+    wx = profile(grid.cols.size // stride, before_x // stride, after_x // stride, mode)
     return np.outer(wy, wx)
 
 

@@ -1,9 +1,12 @@
 """The ``isprs-seg`` command line: a thin shell over the Python API.
 
-stdout carries only results (paths written, or ``model info``); progress, warnings
-and errors go to stderr. Errors are one sentence, without a traceback unless
-``--debug``. Exit codes: 0 success, 1 some inputs failed, 2 usage error or the model
-could not be loaded.
+stdout carries only results (the paths written, JSON lines with ``--json``, or
+``model info``); progress, warnings and errors go to stderr. An error is one sentence
+naming the input, without a traceback unless ``--debug``.
+
+Exit codes: 0 every input succeeded or was skipped; 1 some inputs failed; 2 usage
+error or the model could not be loaded; 128 + signal number when interrupted
+(130 for Ctrl-C, 143 for SIGTERM), after removing partial outputs.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import time
 import traceback
 import warnings
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 
 from . import __version__, contract
-from .errors import InputError, IsprsSegError, ModelError
+from .errors import IsprsSegError
 
 app = typer.Typer(
     add_completion=False,
@@ -48,6 +54,28 @@ class ProbabilityDtype(str, Enum):
     uint8 = "uint8"
 
 
+class FeatureDtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+class OnError(str, Enum):
+    cont = "continue"
+    stop = "stop"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds like an exception so partial outputs are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"isprs-seg: warning: {message}", file=sys.stderr)
 
@@ -68,15 +96,21 @@ def _reported(code: int = EXIT_USAGE) -> Iterator[None]:
         _fail(str(exc), code)
 
 
-def _report_input_error(path: str, exc: Exception) -> None:
-    """One line on stderr for an input that failed; the traceback only with --debug."""
-    if _state["debug"]:
-        traceback.print_exc()
+def _error_message(path: str, exc: Exception) -> str:
+    """One sentence naming the input: ours as they are, the libraries' first line."""
     if isinstance(exc, IsprsSegError):
-        message = str(exc) if path in str(exc) else f"{path}: {exc}"
+        text = str(exc)
     else:
-        message = f"{path}: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-    print(f"isprs-seg: error: {message}", file=sys.stderr)
+        from rasterio.errors import RasterioError
+
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, OSError) and exc.strerror:
+            detail = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        if isinstance(exc, (RasterioError, OSError)):
+            text = detail
+        else:
+            text = f"unexpected {type(exc).__name__}: {detail} (run with --debug for the traceback)"
+    return text if path in text else f"{path}: {text}"
 
 
 def _version(value: bool) -> None:
@@ -156,13 +190,10 @@ def model_fetch(
     with _reported(EXIT_USAGE):
         fetched = fetch_model(model, to)
     print(to)
-    print(
-        f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}",
-        file=sys.stderr,
-    )
+    print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)
 
 
-# --------------------------------------------------------------------------- predict
+# --------------------------------------------------------------------------- batches
 
 
 def _expand_inputs(inputs: List[str]) -> List[str]:
@@ -179,13 +210,14 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
     return paths
 
 
-def _input_stem(path: str) -> str:
+def input_stem(path: str) -> str:
+    """``/data/a/ortho.tif`` and ``/vsizip/x.zip/ortho.tif`` -> ``ortho``."""
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def _plan_outputs(inputs: List[str], output: Optional[Path], out_dir: Optional[Path], suffix: str) -> List[Path]:
-    """Output path of each input, or a usage error before any work is done."""
+def _plan(inputs: List[str], output: Optional[Path], out_dir: Optional[Path], suffix: str) -> List[Path]:
+    """The main output path of each input, or a usage error before any work is done."""
     if output and out_dir:
         _fail("give either -o/--output or --out-dir, not both", EXIT_USAGE)
     if not inputs:
@@ -200,67 +232,197 @@ def _plan_outputs(inputs: List[str], output: Optional[Path], out_dir: Optional[P
         _fail(f"output directory {out_dir} does not exist", EXIT_USAGE)
     seen: dict[str, str] = {}
     for path in inputs:
-        stem = _input_stem(path)
+        stem = input_stem(path)
         if stem in seen:
-            _fail(f"{seen[stem]} and {path} would both write {out_dir / (stem + suffix)}", EXIT_USAGE)
+            _fail(
+                f"{seen[stem]} and {path} would both write {out_dir / (stem + suffix)}: "
+                "give inputs with distinct file names, or run them into different --out-dir",
+                EXIT_USAGE,
+            )
         seen[stem] = path
-    return [out_dir / f"{_input_stem(p)}{suffix}" for p in inputs]
+    return [out_dir / f"{input_stem(p)}{suffix}" for p in inputs]
 
 
-def _progress_bar(path: str, quiet: bool):
+def _progress(path: str, quiet: bool):
     """A factory for tqdm bars on stderr: patches done/total, rate, time left."""
     from tqdm import tqdm
 
     def make(total: int):
-        return tqdm(total=total, desc=Path(path).name, unit="patch", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+        return tqdm(total=total, desc=Path(path).name, unit="patch", file=sys.stderr, disable=quiet,
+                    dynamic_ncols=True)
 
     return make
 
 
-@app.command()
-def predict(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Rasters to segment; - reads paths from stdin."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Class raster path (one input)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write DIR/<stem>.classes.tif per input."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    tile: int = typer.Option(contract.DEFAULT_TILE, help="Patch side in pixels (a multiple of 32)."),
-    overlap: int = typer.Option(contract.DEFAULT_OVERLAP, help="Minimum overlap between neighbouring patches."),
-    batch_size: int = typer.Option(contract.DEFAULT_BATCH_SIZE, "--batch-size", help="Patches per model call."),
-    blend: Blend = typer.Option(Blend.taper, help="taper: smooth weights across overlaps; crop: only patch centres count."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
-    probabilities_dtype: ProbabilityDtype = typer.Option(
-        ProbabilityDtype.float32, "--probabilities-dtype", help="float32, or uint8 scaled 0-255."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+def _run_batch(
+    paths: List[str],
+    planned: List[List[Optional[Path]]],
+    work: Callable[[str, List[Optional[Path]], Callable], object],
+    *,
+    quiet: bool,
+    as_json: bool,
+    overwrite: bool,
+    on_error: OnError,
+    settings: dict,
 ) -> None:
-    """Segment rasters into georeferenced class rasters (and probabilities)."""
-    from .pipeline import check_options, predict_raster, probabilities_path_for
+    """Run ``work(input, outputs, progress)`` for each input; report and set the exit code.
 
-    paths = _expand_inputs(inputs)
-    outputs = _plan_outputs(paths, output, out_dir, ".classes.tif")
-    with _reported(EXIT_USAGE):
-        check_options(tile, overlap, batch_size, blend.value, probabilities_dtype.value)
-    loaded = _load(model, batch_size)
+    ``planned[i]`` holds the outputs of input ``i`` (None for an optional output not
+    asked for); when they all exist already the input is skipped unless ``overwrite``.
+    """
     failed = 0
-    for path, out in zip(paths, outputs):
-        probs = None
-        if probabilities:
-            probs = out_dir / f"{_input_stem(path)}.probabilities.tif" if out_dir else probabilities_path_for(out)
-        try:
-            result = predict_raster(
-                path, out, model=loaded, probabilities=probs, tile=tile, overlap=overlap,
-                batch_size=batch_size, blend=blend.value,
-                probabilities_dtype=probabilities_dtype.value, progress=_progress_bar(path, quiet),
-            )
-        except Exception as exc:  # noqa: BLE001 - one bad input must not end the batch
-            failed += 1
-            _report_input_error(path, exc)
-            continue
-        for written in result.outputs:
-            print(written, flush=True)
+    for path, outputs in zip(paths, planned):
+        record = {"input": path, "status": "ok", "outputs": [], "error": None, **settings}
+        started = time.perf_counter()
+        expected = [p for p in outputs if p is not None]
+        if not overwrite and all(p.exists() for p in expected):
+            record.update(status="skipped", outputs=[str(p) for p in expected])
+            if not as_json:
+                print(f"isprs-seg: {path}: skipped, its outputs exist (--overwrite to redo)", file=sys.stderr)
+        else:
+            try:
+                result = work(path, outputs, _progress(path, quiet))
+            except Exception as exc:  # noqa: BLE001 - one bad input must not end the batch
+                failed += 1
+                if _state["debug"]:
+                    traceback.print_exc()
+                message = _error_message(path, exc)
+                print(f"isprs-seg: error: {message}", file=sys.stderr)
+                record.update(status="error", error=message, seconds=round(time.perf_counter() - started, 3))
+            else:
+                record.update({k: v for k, v in asdict(result).items() if k != "input"})
+                record["seconds"] = round(record["seconds"], 3)
+                if not as_json:
+                    for written in result.outputs:
+                        print(written, flush=True)
+        if as_json:
+            print(json.dumps(record), flush=True)
+        if failed and on_error is OnError.stop:
+            break
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)
 
 
+def _check_geometry(tile: int, overlap: int, batch_size: int, blend: Blend) -> None:
+    from .pipeline import check_options
+
+    with _reported(EXIT_USAGE):
+        check_options(tile, overlap, batch_size, blend.value)
+
+
+INPUTS = typer.Argument(..., metavar="INPUT...", help="Rasters (or GDAL paths); - reads paths from stdin.")
+OUT_DIR = typer.Option(None, "--out-dir", help="Write the outputs of each input into DIR, named after it.")
+MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
+TILE = typer.Option(contract.DEFAULT_TILE, help="Patch side in pixels (a multiple of 32).")
+OVERLAP = typer.Option(contract.DEFAULT_OVERLAP, help="Minimum overlap between neighbouring patches.")
+BATCH = typer.Option(contract.DEFAULT_BATCH_SIZE, "--batch-size", help="Patches per model call.")
+BLEND = typer.Option(Blend.taper, help="taper: smooth weights across overlaps; crop: only patch centres count.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+JSON = typer.Option(False, "--json", help="Print one JSON object per input instead of paths.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them).")
+ON_ERROR = typer.Option(OnError.cont, "--on-error", help="After a failed input: continue with the next, or stop.")
+
+
+@app.command()
+def predict(
+    inputs: List[str] = INPUTS,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Class raster path (one input)."),
+    out_dir: Optional[Path] = OUT_DIR,
+    model: Optional[str] = MODEL,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+    batch_size: int = BATCH,
+    blend: Blend = BLEND,
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    probabilities_dtype: ProbabilityDtype = typer.Option(
+        ProbabilityDtype.float32, "--probabilities-dtype", help="float32, or uint8 scaled 0-255."
+    ),
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+    overwrite: bool = OVERWRITE,
+    on_error: OnError = ON_ERROR,
+) -> None:
+    """Segment rasters into georeferenced class rasters (OUT.tif, DIR/<stem>.classes.tif)."""
+    from .pipeline import predict_raster, probabilities_path_for
+
+    paths = _expand_inputs(inputs)
+    mains = _plan(paths, output, out_dir, ".classes.tif")
+    _check_geometry(tile, overlap, batch_size, blend)
+    planned = [
+        [main, (out_dir / f"{input_stem(path)}.probabilities.tif" if out_dir else probabilities_path_for(main))
+         if probabilities else None]
+        for path, main in zip(paths, mains)
+    ]
+    loaded = _load(model, batch_size)
+
+    def work(path: str, outputs: List[Path], progress):
+        return predict_raster(
+            path, outputs[0], model=loaded, probabilities=outputs[1],
+            tile=tile, overlap=overlap, batch_size=batch_size, blend=blend.value,
+            probabilities_dtype=probabilities_dtype.value, progress=progress,
+        )
+
+    _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,
+               settings={"tile": tile, "overlap": overlap, "batch_size": batch_size})
+
+
+@app.command()
+def features(
+    inputs: List[str] = INPUTS,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Feature raster path (one input)."),
+    out_dir: Optional[Path] = OUT_DIR,
+    model: Optional[str] = MODEL,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+    batch_size: int = BATCH,
+    blend: Blend = BLEND,
+    dtype: FeatureDtype = typer.Option(FeatureDtype.float16, "--dtype", help="float16 (half precision on disk) or float32."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", metavar="SIZE",
+        help="Also write mean-pooled embeddings per grid cell of SIZE metres (or 256px) to <name>.pooled.gpkg.",
+    ),
+    preview: Optional[str] = typer.Option(
+        None, "--preview", metavar="PNG",
+        help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.",
+    ),
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+    overwrite: bool = OVERWRITE,
+    on_error: OnError = ON_ERROR,
+) -> None:
+    """Write dense 1/4-resolution features (OUT.tif, DIR/<stem>.features.tif)."""
+    from .pipeline import extract_features, pooled_path_for
+
+    paths = _expand_inputs(inputs)
+    mains = _plan(paths, output, out_dir, ".features.tif")
+    _check_geometry(tile, overlap, batch_size, blend)
+    if preview and len(paths) > 1 and "{stem}" not in preview:
+        _fail("--preview names one file but several inputs were given: use a pattern such as "
+              "'previews/{stem}.png'", EXIT_USAGE)
+    planned = [
+        [main, (out_dir / f"{input_stem(path)}.pooled.gpkg" if out_dir else pooled_path_for(main)) if pool else None,
+         Path(preview.replace("{stem}", input_stem(path))) if preview else None]
+        for path, main in zip(paths, mains)
+    ]
+    loaded = _load(model, batch_size)
+
+    def work(path: str, outputs: List[Optional[Path]], progress):
+        return extract_features(
+            path, outputs[0], model=loaded, tile=tile, overlap=overlap, batch_size=batch_size,
+            blend=blend.value, dtype=dtype.value, pool=pool, pooled=outputs[1], preview=outputs[2],
+            progress=progress,
+        )
+
+    _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,
+               settings={"tile": tile, "overlap": overlap, "batch_size": batch_size})
+
+
 def main() -> None:
-    app(prog_name="isprs-seg")
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        app(prog_name="isprs-seg")
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"isprs-seg: interrupted ({name}); partial outputs were removed", file=sys.stderr)
+        sys.exit(128 + exc.signum)

@@ -1,20 +1,22 @@
 """The stages wired together: raster in -> patch grid -> model -> blend -> raster out.
 
-:func:`predict_raster` is the Python API behind ``isprs-seg predict`` for one raster.
-Rows of patches are read as full-width row bands, patches without a valid pixel under
-a non-zero weight are never sent to the model, and the streaming accumulator releases
-finished rows as soon as no later patch can touch them, so memory depends on the patch
-size and the image width but not on the image height.
+:func:`predict_raster` (``isprs-seg predict``) and :func:`extract_features`
+(``isprs-seg features``) process one raster each and share one streaming engine,
+:func:`_stream`: rows of patches are read as full-width row bands, patches without a
+valid pixel under a non-zero weight are never sent to the model, and the accumulator
+releases finished rows as soon as no later patch can touch them, so memory depends on
+the patch size and the image width but not on the image height.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -31,12 +33,14 @@ from .raster import (
     check_output_path,
     is_georeferenced,
     open_class_raster,
+    open_feature_raster,
     open_input,
     open_probability_raster,
     read_rows,
 )
 
 PROBABILITY_DTYPES = ("float32", "uint8")
+FEATURE_DTYPES = ("float16", "float32")
 
 
 class Progress(Protocol):
@@ -58,9 +62,12 @@ class _NoProgress:
         pass
 
 
+ProgressFactory = Callable[[int], Progress]
+
+
 @dataclass
-class PredictResult:
-    """What one run of :func:`predict_raster` did."""
+class RunResult:
+    """What one run of :func:`predict_raster` or :func:`extract_features` did."""
 
     input: str
     outputs: list[str]
@@ -72,18 +79,27 @@ class PredictResult:
     overlap: int
     batch_size: int
     seconds: float
-    class_fractions: dict[str, float] = field(default_factory=dict)
+    class_fractions: dict[str, float] = field(default_factory=dict)  # predict only
 
 
 def probabilities_path_for(classes_path: str | os.PathLike) -> Path:
     """``OUT.tif`` -> ``OUT.probabilities.tif`` (the name ``-o OUT.tif`` implies)."""
-    path = Path(classes_path)
+    return _sibling(classes_path, "probabilities", None)
+
+
+def pooled_path_for(features_path: str | os.PathLike) -> Path:
+    """``OUT.tif`` -> ``OUT.pooled.gpkg``."""
+    return _sibling(features_path, "pooled", ".gpkg")
+
+
+def _sibling(path: str | os.PathLike, tag: str, suffix: str | None) -> Path:
+    path = Path(path)
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    return path.with_name(f"{stem}.probabilities{path.suffix or '.tif'}")
+    return path.with_name(f"{stem}.{tag}{suffix or path.suffix or '.tif'}")
 
 
-def check_options(tile: int, overlap: int, batch_size: int | None, blend: str, probabilities_dtype: str) -> None:
-    """Reject option values that cannot work, before any file is opened."""
+def check_options(tile: int, overlap: int, batch_size: int | None, blend: str) -> None:
+    """Reject geometry option values that cannot work, before any file is opened."""
     lattice = contract.NETWORK_STRIDE
     if tile < lattice or tile % lattice:
         raise InputError(f"--tile must be a positive multiple of {lattice}, got {tile}")
@@ -93,10 +109,21 @@ def check_options(tile: int, overlap: int, batch_size: int | None, blend: str, p
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if blend not in BLEND_MODES:
         raise InputError(f"--blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
-    if probabilities_dtype not in PROBABILITY_DTYPES:
-        raise InputError(
-            f"--probabilities-dtype must be one of {', '.join(PROBABILITY_DTYPES)}, got {probabilities_dtype!r}"
-        )
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_outputs(input, finals: Sequence[Path]) -> None:
+    for path in finals:
+        check_output_path(path)
+        if str(input) == str(path) or (Path(input).exists() and Path(input).resolve() == path.resolve()):
+            raise OutputError(f"output {path} would overwrite the input")
+
+
+# --------------------------------------------------------------------------- engine
 
 
 @dataclass
@@ -104,21 +131,106 @@ class _Patch:
     y: int
     x: int
     image: np.ndarray | None  # model input [h, w, 3]; None when skipped
-    weights: np.ndarray | None  # blend weight x validity [h, w]
+    weights: np.ndarray | None  # blend weight x validity [h / stride, w / stride]
 
 
-def _patches(src, grid: Grid, recipe: InputRecipe, blend: str) -> Iterator[_Patch]:
+def _pool_valid(valid: np.ndarray, stride: int) -> np.ndarray:
+    """An output pixel at ``stride`` is valid when any input pixel under it is."""
+    if stride == 1:
+        return valid
+    h, w = valid.shape
+    return valid.reshape(h // stride, stride, w // stride, stride).any(axis=(1, 3))
+
+
+def _patches(src, grid: Grid, recipe: InputRecipe, blend: str, stride: int) -> Iterator[_Patch]:
     """Every patch of the grid in row order, read one full-width row band at a time."""
     th, tw = grid.patch_shape
     padded_width = grid.cols.origins[-1] + tw
     for i, y in enumerate(grid.rows.origins):
         raw, valid = read_rows(src, recipe, y, th, padded_width)
         for j, x in enumerate(grid.cols.origins):
-            weights = patch_window(grid, i, j, blend) * valid[:, x : x + tw]
+            weights = patch_window(grid, i, j, blend, stride) * _pool_valid(valid[:, x : x + tw], stride)
             if not weights.any():
                 yield _Patch(y, x, None, None)
             else:
                 yield _Patch(y, x, recipe.to_model(raw[:, :, x : x + tw]), weights)
+
+
+RowsConsumer = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+def _stream(
+    src, grid: Grid, recipe: InputRecipe, blend: str, infer: Callable[[np.ndarray], np.ndarray],
+    stride: int, channels: int, consume: RowsConsumer, bar: Progress, batch_size: int,
+) -> tuple[int, int]:
+    """Run every patch through ``infer`` and hand finished output rows to ``consume``.
+
+    ``infer`` maps model input ``[n, h, w, 3]`` to ``[n, h / stride, w / stride, channels]``;
+    ``consume(first_row, values [rows, width, channels], valid [rows, width])`` gets the
+    blended output in row order, at the output resolution. Returns (tiles, skipped).
+    """
+    height, width = -(-grid.height // stride), -(-grid.width // stride)
+    acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
+    tiles = skipped = 0
+    batch: list[_Patch] = []
+
+    def run() -> None:
+        outputs = infer(np.stack([p.image for p in batch]))
+        for patch, values in zip(batch, outputs):
+            row = patch.y // stride
+            for chunk in acc.release(row):
+                consume(*chunk)
+            acc.add(row, patch.x // stride, values, patch.weights)
+        bar.update(len(batch))
+        batch.clear()
+
+    for patch in _patches(src, grid, recipe, blend, stride):
+        if patch.image is None:
+            skipped += 1
+            bar.update(1)
+            continue
+        tiles += 1
+        batch.append(patch)
+        if len(batch) == batch_size:
+            run()
+    if batch:
+        run()
+    for chunk in acc.release(height):
+        consume(*chunk)
+    return tiles, skipped
+
+
+@dataclass
+class _Job:
+    """What both commands set up before streaming: the opened input and the geometry."""
+
+    src: object
+    recipe: InputRecipe
+    grid: Grid
+    batch_size: int
+    tags: dict
+
+
+def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None, blend: str, src) -> _Job:
+    recipe = InputRecipe.for_dataset(src)
+    if not is_georeferenced(src):
+        warnings.warn(f"{input} has no georeferencing, so neither will the outputs", IsprsSegWarning)
+    grid = make_grid(src.height, src.width, tile, overlap, contract.NETWORK_STRIDE)
+    tags = {
+        "SOFTWARE": f"isprs-seg {__version__}",
+        "MODEL": model.handle,
+        "TILE": str(tile),
+        "OVERLAP": str(overlap),
+        "BLEND": blend,
+    }
+    return _Job(src, recipe, grid, batch_size or model.batch_size, tags)
+
+
+def _resolve_model(model: Model | str | None) -> Model:
+    return model if isinstance(model, Model) else load_model(model)
+
+
+# --------------------------------------------------------------------------- predict
 
 
 def predict_raster(
@@ -132,8 +244,8 @@ def predict_raster(
     batch_size: int | None = None,
     blend: str = "taper",
     probabilities_dtype: str = "float32",
-    progress: Callable[[int], Progress] | None = None,
-) -> PredictResult:
+    progress: ProgressFactory | None = None,
+) -> RunResult:
     """Segment one raster into a class raster at ``output``.
 
     ``probabilities``: a path for the per-class probability raster, ``True`` for the
@@ -144,103 +256,50 @@ def predict_raster(
     Outputs appear under their final names only when complete.
     """
     started = time.perf_counter()
-    check_options(tile, overlap, batch_size, blend, probabilities_dtype)
+    check_options(tile, overlap, batch_size, blend)
+    _check_choice("--probabilities-dtype", probabilities_dtype, PROBABILITY_DTYPES)
     classes_path = Path(output)
-    prob_path = None
-    if probabilities is True:
-        prob_path = probabilities_path_for(classes_path)
-    elif probabilities:
-        prob_path = Path(probabilities)
+    prob_path = probabilities_path_for(classes_path) if probabilities is True else (
+        Path(probabilities) if probabilities else None
+    )
     finals = [p for p in (prob_path, classes_path) if p is not None]  # classes last: "done"
-    for path in finals:
-        check_output_path(path)
-        if str(input) == str(path) or (Path(input).exists() and Path(input).resolve() == path.resolve()):
-            raise OutputError(f"output {path} would overwrite the input")
-    if not isinstance(model, Model):
-        model = load_model(model)
-    batch_size = batch_size or model.batch_size
+    _check_outputs(input, finals)
+    model = _resolve_model(model)
 
     with open_input(input) as src:
-        recipe = InputRecipe.for_dataset(src)
-        if not is_georeferenced(src):
-            warnings.warn(f"{input} has no georeferencing, so neither will the outputs", IsprsSegWarning)
-        grid = make_grid(src.height, src.width, tile, overlap, contract.NETWORK_STRIDE)
+        job = _start(input, model, tile, overlap, batch_size, blend, src)
         names, colors = model.class_names, model.class_colors
-        tags = {
-            "SOFTWARE": f"isprs-seg {__version__}",
-            "MODEL": model.handle,
-            "TILE": str(tile),
-            "OVERLAP": str(overlap),
-            "BLEND": blend,
-        }
         counts = np.zeros(model.num_classes, np.int64)
-        tiles = skipped = 0
-        with atomic_outputs(finals) as temps:
-            tmp_classes = temps[-1]
-            tmp_probs = temps[0] if prob_path else None
-            with open_class_raster(tmp_classes, src, names, colors, contract.CLASS_NODATA, tags) as cdst:
-                class_writer = BlockRowWriter(cdst)
-                pdst = (
-                    open_probability_raster(tmp_probs, src, names, probabilities_dtype, tags)
-                    if tmp_probs else None
+        with atomic_outputs(finals) as temps, \
+                open_class_raster(temps[-1], src, names, colors, contract.CLASS_NODATA, job.tags) as cdst, \
+                (open_probability_raster(temps[0], src, names, probabilities_dtype, job.tags)
+                 if prob_path else contextlib.nullcontext()) as pdst:
+            class_writer = BlockRowWriter(cdst)
+            prob_writer = BlockRowWriter(pdst, mask=probabilities_dtype == "uint8") if pdst else None
+
+            def consume(row: int, values: np.ndarray, valid: np.ndarray) -> None:
+                classes = np.argmax(values, axis=-1).astype(np.uint8)
+                classes[~valid] = contract.CLASS_NODATA
+                counts[:] += np.bincount(classes[valid], minlength=model.num_classes)
+                class_writer.write(row, classes[None], valid)
+                if prob_writer:
+                    prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
+
+            model.warm_up(*job.grid.patch_shape, job.batch_size)
+            with (progress or _no_progress)(len(job.grid)) as bar:
+                tiles, skipped = _stream(
+                    src, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size),
+                    1, model.num_classes, consume, bar, job.batch_size,
                 )
-                try:
-                    prob_writer = BlockRowWriter(pdst, mask=probabilities_dtype == "uint8") if pdst else None
-                    acc = StreamingAccumulator(src.height, src.width, model.num_classes, grid.patch_shape[0])
-
-                    def emit(until: int) -> None:
-                        for row, values, valid in acc.release(until):
-                            classes = np.argmax(values, axis=-1).astype(np.uint8)
-                            classes[~valid] = contract.CLASS_NODATA
-                            counts[:] += np.bincount(classes[valid], minlength=model.num_classes)
-                            class_writer.write(row, classes[None], valid)
-                            if prob_writer:
-                                prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
-
-                    def run(batch: list[_Patch], bar: Progress) -> None:
-                        probs = model.predict(np.stack([p.image for p in batch]), batch_size)
-                        for patch, p in zip(batch, probs):
-                            if patch.y > acc.top:
-                                emit(patch.y)
-                            acc.add(patch.y, patch.x, p, patch.weights)
-                        bar.update(len(batch))
-
-                    model.warm_up(*grid.patch_shape, batch_size)
-                    with (progress or (lambda total: _NoProgress()))(len(grid)) as bar:
-                        batch: list[_Patch] = []
-                        for patch in _patches(src, grid, recipe, blend):
-                            if patch.image is None:
-                                skipped += 1
-                                bar.update(1)
-                                continue
-                            batch.append(patch)
-                            tiles += 1
-                            if len(batch) == batch_size:
-                                run(batch, bar)
-                                batch = []
-                        if batch:
-                            run(batch, bar)
-                    emit(src.height)
-                    class_writer.close()
-                    if prob_writer:
-                        prob_writer.close()
-                finally:
-                    if pdst:
-                        pdst.close()
-        valid_total = counts.sum()
-        fractions = {n: float(c / valid_total) if valid_total else 0.0 for n, c in zip(names, counts)}
-        return PredictResult(
-            input=str(input),
-            outputs=[str(classes_path)] + ([str(prob_path)] if prob_path else []),
-            width=src.width,
-            height=src.height,
-            tiles=tiles,
-            skipped_tiles=skipped,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            seconds=time.perf_counter() - started,
-            class_fractions=fractions,
+            class_writer.close()
+            if prob_writer:
+                prob_writer.close()
+        total = counts.sum()
+        fractions = {n: float(c / total) if total else 0.0 for n, c in zip(names, counts)}
+        return RunResult(
+            str(input), [str(classes_path)] + ([str(prob_path)] if prob_path else []),
+            src.width, src.height, tiles, skipped, tile, overlap, job.batch_size,
+            time.perf_counter() - started, fractions,
         )
 
 
@@ -250,3 +309,89 @@ def _probability_bands(values: np.ndarray, valid: np.ndarray, dtype: str) -> np.
     if dtype == "float32":
         return np.where(valid[None], bands, np.float32("nan")).astype(np.float32)
     return np.where(valid[None], np.rint(bands * 255), 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def extract_features(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: Model | str | None = None,
+    tile: int = contract.DEFAULT_TILE,
+    overlap: int = contract.DEFAULT_OVERLAP,
+    batch_size: int | None = None,
+    blend: str = "taper",
+    dtype: str = "float16",
+    pool: str | float | None = None,
+    pooled: str | os.PathLike | None = None,
+    preview: str | os.PathLike | None = None,
+    progress: ProgressFactory | None = None,
+) -> RunResult:
+    """Write the model's dense features of one raster to ``output``.
+
+    The feature raster has ``ceil(H/4) x ceil(W/4)`` pixels and one band per feature
+    channel; its transform is the input's times ``Affine.scale(4)``, so feature pixel
+    (i, j) covers input pixels [4i, 4i+4) x [4j, 4j+4). ``dtype`` ``float16`` stores
+    half precision (GDAL Float32 with NBITS=16), ``float32`` full precision.
+    ``pool``: cell size of mean-pooled embeddings (metres, or pixels with a ``px``
+    suffix), written as a GeoPackage to ``pooled`` (default :func:`pooled_path_for`).
+    ``preview``: path of a PNG false-colour quick-look (first three principal
+    components). Other arguments as in :func:`predict_raster`.
+    """
+    from .embeddings import CellPooler, PcaPreview, parse_pool_size
+
+    started = time.perf_counter()
+    check_options(tile, overlap, batch_size, blend)
+    _check_choice("--dtype", dtype, FEATURE_DTYPES)
+    features_path = Path(output)
+    pooled_path = (Path(pooled) if pooled else pooled_path_for(features_path)) if pool else None
+    preview_path = Path(preview) if preview else None
+    finals = [p for p in (pooled_path, preview_path, features_path) if p is not None]
+    _check_outputs(input, finals)
+    model = _resolve_model(model)
+    if model.feature_channels is None:
+        model.features(np.zeros((0, 32, 32, 3), np.float32))  # raises the clear error
+    stride, channels = contract.FEATURE_STRIDE, model.feature_channels
+
+    with open_input(input) as src:
+        job = _start(input, model, tile, overlap, batch_size, blend, src)
+        cell = parse_pool_size(pool, src) if pool else None
+        height, width = -(-src.height // stride), -(-src.width // stride)
+        sampler = PcaPreview(height * width) if preview_path else None
+        with atomic_outputs(finals) as temps:
+            tmp_features = temps[-1]
+            tmp_pooled = temps[0] if pooled_path else None
+            with open_feature_raster(tmp_features, src, channels, stride, dtype, job.tags) as fdst:
+                writer = BlockRowWriter(fdst, block_rows=fdst.block_shapes[0][0])
+                pooler = CellPooler(tmp_pooled, src, cell, stride, height, width, channels) if cell else None
+
+                def consume(row: int, values: np.ndarray, valid: np.ndarray) -> None:
+                    bands = np.moveaxis(values, -1, 0)
+                    writer.write(row, np.where(valid[None], bands, np.float32("nan")), valid)
+                    if pooler:
+                        pooler.add(row, values, valid)
+                    if sampler:
+                        sampler.add(values, valid)
+
+                model.warm_up(*job.grid.patch_shape, job.batch_size, method="get_features")
+                with (progress or _no_progress)(len(job.grid)) as bar:
+                    tiles, skipped = _stream(
+                        src, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size),
+                        stride, channels, consume, bar, job.batch_size,
+                    )
+                writer.close()
+                if pooler:
+                    pooler.close()
+            if sampler:
+                sampler.write(tmp_features, temps[1] if pooled_path else temps[0])
+        return RunResult(
+            str(input), [str(p) for p in (features_path, pooled_path, preview_path) if p],
+            src.width, src.height, tiles, skipped, tile, overlap, job.batch_size,
+            time.perf_counter() - started,
+        )
+
+
+def _no_progress(total: int) -> Progress:
+    return _NoProgress()

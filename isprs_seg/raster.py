@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
@@ -138,7 +139,9 @@ def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
     file appears under a final name. The renames go in order: put the file whose
     presence means "done" last.
     """
-    temps = [f.with_name(f".{f.name}.{uuid.uuid4().hex[:8]}.partial") for f in finals]
+    token = uuid.uuid4().hex[:8]
+    # hidden, unmistakably partial, and with the final suffix so drivers recognise the format
+    temps = [f.with_name(f".{f.stem}.{token}.partial{f.suffix}") for f in finals]
     try:
         yield temps
         for tmp, final in zip(temps, finals):
@@ -211,6 +214,38 @@ def open_probability_raster(
         dst.set_band_description(i, name)
     scale = "probability" if dtype == "float32" else "probability * 255"
     dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), VALUES=scale)
+    return dst
+
+
+#: Block side of feature rasters: a block holds every channel of 128 x 128 pixels
+#: (pixel interleaved), so one read gives whole feature vectors.
+FEATURE_BLOCK = 128
+
+
+def open_feature_raster(
+    path: Path, src, channels: int, stride: int, dtype: str, tags: dict
+) -> rasterio.io.DatasetWriter:
+    """Features at 1/``stride`` of the input grid: ``ceil(H/stride) x ceil(W/stride)``.
+
+    The transform is the input's times ``Affine.scale(stride)``. ``float16`` is stored
+    as GDAL Float32 with NBITS=16 (IEEE half precision on disk, float32 when read);
+    invalid pixels are NaN, the declared nodata value.
+    """
+    profile = _base_profile(src, channels, "float32")
+    profile.update(
+        width=-(-src.width // stride),
+        height=-(-src.height // stride),
+        blockxsize=FEATURE_BLOCK,
+        blockysize=FEATURE_BLOCK,
+        interleave="pixel",
+        nodata=float("nan"),
+    )
+    if "transform" in profile:
+        profile["transform"] = src.transform * Affine.scale(stride)
+    if dtype == "float16":
+        profile["nbits"] = 16
+    dst = _open_output(path, profile)
+    dst.update_tags(**tags, FEATURE_STRIDE=str(stride), PRECISION=dtype)
     return dst
 
 

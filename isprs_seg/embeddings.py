@@ -1,0 +1,206 @@
+"""What ``isprs-seg features`` derives from the dense features as they stream by:
+mean-pooled embeddings on a regular grid of cells (a GeoPackage table) and a
+false-colour PCA quick-look (a PNG).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from .errors import InputError
+from .raster import IsprsSegWarning, is_georeferenced
+
+#: Layer name of the pooled table.
+POOLED_LAYER = "pooled_features"
+#: Long side of the preview PNG, at most.
+PREVIEW_SIDE = 1024
+#: Feature vectors sampled for the principal components.
+PCA_SAMPLES = 20000
+
+
+def parse_pool_size(value: str | float, src) -> tuple[int, int]:
+    """Cell size ``(rows, cols)`` in input pixels, a multiple of the feature stride (4).
+
+    ``value``: metres (``"10"``, ``"10m"``; needs a projected CRS) or pixels (``"256px"``).
+    The size is rounded to whole feature pixels; a warning says so when it changes.
+    """
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("px"):
+            pixels = float(text[:-2])
+            wanted = (pixels, pixels)
+            unit = "px"
+        else:
+            metres = float(text[:-1] if text.endswith("m") else text)
+            crs = src.crs
+            if crs is None or not crs.is_projected or not is_georeferenced(src):
+                raise InputError(
+                    f"--pool {value} is in metres but {src.name} has no projected CRS: give the "
+                    "cell size in pixels instead, e.g. --pool 256px"
+                )
+            to_metres = crs.linear_units_factor[1]
+            a, _, _, _, e, _ = src.transform[:6]
+            wanted = (metres / (abs(e) * to_metres), metres / (abs(a) * to_metres))
+            unit = "m"
+    except ValueError:
+        raise InputError(f"--pool must be a size in metres (10, 10m) or pixels (256px), got {value!r}") from None
+    if min(wanted) <= 0 or not all(math.isfinite(w) for w in wanted):
+        raise InputError(f"--pool must be positive, got {value!r}")
+    cell = tuple(max(4, int(round(w / 4)) * 4) for w in wanted)
+    if any(abs(c - w) > 0.01 * w for c, w in zip(cell, wanted)):
+        warnings.warn(
+            f"pooling cells are {cell[1]} x {cell[0]} px, the nearest whole feature pixels "
+            f"(4 px) to --pool {value}",
+            IsprsSegWarning,
+        )
+    return cell  # type: ignore[return-value]
+
+
+def _polygon_wkb(x0: float, y0: float, x1: float, y1: float, transform) -> bytes:
+    """WKB of the pixel rectangle [x0, x1) x [y0, y1) mapped through ``transform``."""
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    coords = [transform * c for c in corners]
+    return struct.pack("<BIII", 1, 3, 1, 5) + b"".join(struct.pack("<dd", *c) for c in coords)
+
+
+class CellPooler:
+    """Mean of the valid feature vectors in each cell of a regular grid, streamed.
+
+    Feature rows arrive in order; each completed row of cells is appended to a
+    GeoPackage layer with the cell polygon (in the input's CRS), ``cell_row``,
+    ``cell_col``, ``valid_fraction`` and one column per channel (NaN for a cell
+    without valid pixels). Memory: one row of cells.
+    """
+
+    def __init__(self, path: Path, src, cell: tuple[int, int], stride: int, height: int, width: int, channels: int):
+        try:
+            import pyogrio  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "--pool writes a GeoPackage with pyogrio, which is not installed: "
+                "pip install 'isprs-seg[pool]'"
+            ) from None
+        self.path, self.stride = path, stride
+        self.cell_rows, self.cell_cols = cell[0] // stride, cell[1] // stride  # in feature pixels
+        self.cell_px = cell
+        self.height, self.width, self.channels = height, width, channels
+        self.image_height, self.image_width = src.height, src.width
+        self.transform = src.transform
+        self.crs = src.crs.to_wkt() if src.crs is not None else None
+        self.starts = np.arange(0, width, self.cell_cols)
+        self.cell_row = 0
+        self._reset()
+        self._written = False
+
+    def _reset(self) -> None:
+        self.sums = np.zeros((len(self.starts), self.channels), np.float64)
+        self.counts = np.zeros(len(self.starts), np.int64)
+
+    def add(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        """Feature rows ``[row, row + n)``: values ``[n, width, channels]``, valid ``[n, width]``."""
+        while len(values):
+            end_of_cell = (self.cell_row + 1) * self.cell_rows
+            n = min(len(values), end_of_cell - row)
+            v, m = values[:n], valid[:n]
+            masked = np.where(m[..., None], v, 0).sum(axis=0, dtype=np.float64)  # [width, channels]
+            self.sums += np.add.reduceat(masked, self.starts, axis=0)
+            self.counts += np.add.reduceat(m.sum(axis=0), self.starts)
+            row += n
+            values, valid = values[n:], valid[n:]
+            if row >= min(end_of_cell, self.height):
+                self._flush()
+
+    def _flush(self) -> None:
+        import pyogrio.raw
+
+        r = self.cell_row
+        y0, y1 = r * self.cell_px[0], min((r + 1) * self.cell_px[0], self.image_height)
+        cols = np.arange(len(self.starts))
+        x0 = cols * self.cell_px[1]
+        x1 = np.minimum(x0 + self.cell_px[1], self.image_width)
+        rows_in = min((r + 1) * self.cell_rows, self.height) - r * self.cell_rows
+        cols_in = np.minimum(self.starts + self.cell_cols, self.width) - self.starts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (self.sums / self.counts[:, None]).astype(np.float32)
+        fields = ["cell_row", "cell_col", "valid_fraction"] + [f"f{c:03d}" for c in range(self.channels)]
+        data = [
+            np.full(len(cols), r, np.int32),
+            cols.astype(np.int32),
+            (self.counts / (rows_in * cols_in)).astype(np.float32),
+            *means.T,
+        ]
+        geometry = np.array([_polygon_wkb(a, y0, b, y1, self.transform) for a, b in zip(x0, x1)], dtype=object)
+        pyogrio.raw.write(
+            str(self.path), geometry, data, fields, layer=POOLED_LAYER, driver="GPKG",
+            geometry_type="Polygon", crs=self.crs, append=self._written, nan_as_null=False,
+        )
+        self._written = True
+        self.cell_row += 1
+        self._reset()
+
+    def close(self) -> None:
+        if self.cell_row * self.cell_rows < self.height:
+            self._flush()
+
+
+class PcaPreview:
+    """A false-colour quick-look: the first three principal components as RGB.
+
+    Feature vectors are sampled as they stream by (about :data:`PCA_SAMPLES`); the
+    components are computed once at the end and the written feature raster is read back
+    at a reduced resolution (long side at most :data:`PREVIEW_SIDE`) and projected.
+    """
+
+    def __init__(self, total_pixels: int, seed: int = 0):
+        self.rate = min(1.0, PCA_SAMPLES / max(total_pixels, 1))
+        self.rng = np.random.default_rng(seed)
+        self.samples: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray, valid: np.ndarray) -> None:
+        vectors = values[valid]
+        keep = self.rng.random(len(vectors)) < self.rate
+        if keep.any():
+            self.samples.append(vectors[keep].astype(np.float32))
+
+    def components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, 3 components [channels, 3], low and high display limits per component)."""
+        x = np.concatenate(self.samples).astype(np.float64)
+        mean = x.mean(axis=0)
+        centred = x - mean
+        _, vectors = np.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))
+        top = vectors[:, ::-1][:, :3]
+        top *= np.sign(top[np.abs(top).argmax(axis=0), range(top.shape[1])])  # deterministic signs
+        projected = centred @ top
+        low, high = np.percentile(projected, [2, 98], axis=0)
+        return mean, top, low, np.where(high > low, high, low + 1)
+
+    def write(self, features_path: Path, png_path: Path) -> None:
+        if not self.samples:
+            warnings.warn("no valid pixel to draw: the preview is empty", IsprsSegWarning)
+        with rasterio.open(features_path) as src:
+            step = max(1, math.ceil(max(src.height, src.width) / PREVIEW_SIDE))
+            out_h, out_w = math.ceil(src.height / step), math.ceil(src.width / step)
+            rgba = np.zeros((4, out_h, out_w), np.uint8)
+            if self.samples:
+                mean, top, low, high = self.components()
+                chunk = 64
+                for r0 in range(0, out_h, chunk):
+                    r1 = min(out_h, r0 + chunk)
+                    window = Window(0, r0 * step, src.width, min(src.height, r1 * step) - r0 * step)
+                    feats = src.read(window=window, out_shape=(src.count, r1 - r0, out_w))
+                    ok = np.all(np.isfinite(feats), axis=0)
+                    proj = np.tensordot(top.T, np.nan_to_num(feats) - mean[:, None, None], axes=1)
+                    scaled = (proj - low[:, None, None]) / (high - low)[:, None, None]
+                    rgba[:3, r0:r1] = np.clip(scaled * 255, 0, 255).astype(np.uint8) * ok
+                    rgba[3, r0:r1] = np.where(ok, 255, 0)
+        with rasterio.Env(GDAL_PAM_ENABLED=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(png_path, "w", driver="PNG", width=out_w, height=out_h, count=4, dtype="uint8") as dst:
+                dst.write(rgba)
