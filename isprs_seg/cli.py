@@ -129,6 +129,9 @@ def _main(
         os.environ["ISPRS_SEG_DEBUG"] = "1"
     else:
         warnings.showwarning = _print_warning
+        # GDAL's own error printer would add raw lines next to our one-sentence errors;
+        # failures still raise (and are checked) through rasterio.
+        os.environ.setdefault("CPL_LOG", os.devnull)
 
 
 MODEL_HELP = (
@@ -275,7 +278,7 @@ def _run_batch(
         record = {"input": path, "status": "ok", "outputs": [], "error": None, **settings}
         started = time.perf_counter()
         expected = [p for p in outputs if p is not None]
-        if not overwrite and all(p.exists() for p in expected):
+        if not overwrite and all(p.is_file() for p in expected):
             record.update(status="skipped", outputs=[str(p) for p in expected])
             if not as_json:
                 print(f"isprs-seg: {path}: skipped, its outputs exist (--overwrite to redo)", file=sys.stderr)

@@ -23,6 +23,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+from ._native import native_stderr_captured
 from .errors import InputError, OutputError
 
 #: Block side of every output GeoTIFF.
@@ -54,6 +55,9 @@ def open_input(path: str | os.PathLike) -> rasterio.DatasetReader:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The most specific message: rasterio wraps GDAL's own error as the cause."""
+    while exc.__cause__ is not None and "previous exception" in str(exc):
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
 
@@ -111,21 +115,31 @@ def read_rows(
     if h <= 0:
         return raw, valid
     window = Window(0, row, w, h)
+    try:
+        _read_window(src, bands, window, raw[:, :h, :w], valid[:h, :w])
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(
+            f"{src.name} could not be read at rows {row}-{row + h} ({_first_line(exc)}); "
+            "the file may be truncated or damaged"
+        ) from exc
+    return raw, valid
+
+
+def _read_window(src, bands: list[int], window: Window, raw: np.ndarray, valid: np.ndarray) -> None:
     flags = src.mask_flag_enums
     if all(MaskFlags.all_valid in f for f in flags):
-        raw[:, :h, :w] = src.read(bands, window=window)
-        valid[:h, :w] = True
+        raw[:] = src.read(bands, window=window)
+        valid[:] = True
     elif src.nodata is not None and all(MaskFlags.nodata in f for f in flags):
         # Computed from the pixels read anyway rather than decoding them a second time.
         every = src.read(window=window)
-        raw[:, :h, :w] = every[[b - 1 for b in bands]]
+        raw[:] = every[[b - 1 for b in bands]]
         nodata = src.nodata
         missing = np.isnan(every) if np.isnan(nodata) else every == np.asarray(nodata, every.dtype)
-        valid[:h, :w] = ~np.all(missing, axis=0)
+        valid[:] = ~np.all(missing, axis=0)
     else:
-        raw[:, :h, :w] = src.read(bands, window=window)
-        valid[:h, :w] = src.dataset_mask(window=window) > 0
-    return raw, valid
+        raw[:] = src.read(bands, window=window)
+        valid[:] = src.dataset_mask(window=window) > 0
 
 
 # --------------------------------------------------------------------------- output
@@ -145,12 +159,38 @@ def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
     try:
         yield temps
         for tmp, final in zip(temps, finals):
+            if tmp.suffix.lower() in (".tif", ".tiff"):
+                verify_complete(tmp, final)
+        for tmp, final in zip(temps, finals):
             os.replace(tmp, final)
     except BaseException:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
+
+
+def verify_complete(path: Path, final: Path) -> None:
+    """Check that every block of a GeoTIFF just written lies inside the file.
+
+    GDAL compresses and writes cached blocks when a dataset is closed and only logs a
+    failure there (a full disk, a file size limit): without this check a truncated
+    file would be renamed as if complete.
+    """
+    size = path.stat().st_size
+    try:
+        with rasterio.open(path) as ds:
+            bands = [1] if ds.interleaving and ds.interleaving.value == "PIXEL" else ds.indexes
+            rows, cols = (-(-ds.height // ds.block_shapes[0][0]), -(-ds.width // ds.block_shapes[0][1]))
+            for band in bands:
+                for j in range(rows):
+                    for i in range(cols):
+                        offset = ds.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
+                        length = ds.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
+                        if not offset or not length or int(offset) + int(length) > size:
+                            raise OutputError(f"writing {final} failed part way (is the disk full?)")
+    except RasterioIOError as exc:
+        raise OutputError(f"writing {final} failed ({_first_line(exc)})") from exc
 
 
 def check_output_path(path: Path) -> None:
@@ -293,17 +333,26 @@ class BlockRowWriter:
             self._flush(full - self.next_row)
 
     def close(self) -> None:
+        """Write the remaining rows and close the dataset.
+
+        GDAL compresses and writes its cached blocks here; a failure is only logged by
+        GDAL (libtiff also prints it), so it is detected afterwards by
+        :func:`verify_complete` when the outputs are committed.
+        """
         if self._buffered:
             self._flush(self._buffered)
+        with native_stderr_captured():
+            self.dataset.close()
 
     def _flush(self, rows: int) -> None:
         data = np.concatenate(self._data, axis=1) if len(self._data) > 1 else self._data[0]
         valid = np.concatenate(self._valid, axis=0) if len(self._valid) > 1 else self._valid[0]
         window = Window(0, self.next_row, self.dataset.width, rows)
         try:
-            self.dataset.write(data[:, :rows], window=window)
-            if self.mask:
-                self.dataset.write_mask(np.where(valid[:rows], 255, 0).astype(np.uint8), window=window)
+            with native_stderr_captured():  # libtiff prints write failures itself
+                self.dataset.write(data[:, :rows], window=window)
+                if self.mask:
+                    self.dataset.write_mask(np.where(valid[:rows], 255, 0).astype(np.uint8), window=window)
         except (RasterioIOError, OSError) as exc:
             raise OutputError(f"cannot write {self.dataset.name} ({_first_line(exc)})") from exc
         self._data = [data[:, rows:]] if rows < data.shape[1] else []
