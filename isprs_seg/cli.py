@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -306,11 +307,23 @@ def _run_batch(
         raise typer.Exit(EXIT_FAILED_INPUTS)
 
 
-def _check_geometry(tile: int, overlap: int, batch_size: int, blend: Blend) -> None:
-    from .pipeline import check_options
+def _check_common(tile: int, overlap: int, batch_size: int, blend: Blend, bands: Optional[str], recipe: str,
+                  scale: str, normalize: str, quiet: bool):
+    """Validate the options predict and features share; set up notes on stderr."""
+    from .pipeline import InputOptions, check_options
 
+    reading = InputOptions(bands=bands, recipe=recipe, scale=scale, normalize=normalize)
     with _reported(EXIT_USAGE):
         check_options(tile, overlap, batch_size, blend.value)
+        reading.check()
+    notes = logging.getLogger("isprs_seg")
+    if not notes.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("isprs-seg: %(message)s"))
+        notes.addHandler(handler)
+        notes.propagate = False
+    notes.setLevel(logging.WARNING if quiet else logging.INFO)
+    return reading
 
 
 INPUTS = typer.Argument(..., metavar="INPUT...", help="Rasters (or GDAL paths); - reads paths from stdin.")
@@ -324,6 +337,14 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 JSON = typer.Option(False, "--json", help="Print one JSON object per input instead of paths.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them).")
 ON_ERROR = typer.Option(OnError.cont, "--on-error", help="After a failed input: continue with the next, or stop.")
+BANDS = typer.Option(None, "--bands", metavar="R,G[,B]",
+                     help="1-based red and green (and blue) bands [default: from the colour interpretation, else 1,2,3].")
+RECIPE = typer.Option("pseudo-rgb", "--recipe", metavar="pseudo-rgb|rgb",
+                      help="pseudo-rgb: [R, G, (R+G)/2] as the model was trained; rgb: the three bands as they are.")
+SCALE = typer.Option("auto", "--scale", metavar="auto|MAX|MIN,MAX",
+                     help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")
+NORMALIZE = typer.Option("unit", "--normalize", metavar="unit|isprs",
+                         help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")
 
 
 @app.command()
@@ -340,6 +361,10 @@ def predict(
     probabilities_dtype: ProbabilityDtype = typer.Option(
         ProbabilityDtype.float32, "--probabilities-dtype", help="float32, or uint8 scaled 0-255."
     ),
+    bands: Optional[str] = BANDS,
+    recipe: str = RECIPE,
+    scale: str = SCALE,
+    normalize: str = NORMALIZE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -350,7 +375,7 @@ def predict(
 
     paths = _expand_inputs(inputs)
     mains = _plan(paths, output, out_dir, ".classes.tif")
-    _check_geometry(tile, overlap, batch_size, blend)
+    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, quiet)
     planned = [
         [main, (out_dir / f"{input_stem(path)}.probabilities.tif" if out_dir else probabilities_path_for(main))
          if probabilities else None]
@@ -362,7 +387,7 @@ def predict(
         return predict_raster(
             path, outputs[0], model=loaded, probabilities=outputs[1],
             tile=tile, overlap=overlap, batch_size=batch_size, blend=blend.value,
-            probabilities_dtype=probabilities_dtype.value, progress=progress,
+            probabilities_dtype=probabilities_dtype.value, reading=reading, progress=progress,
         )
 
     _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,
@@ -388,6 +413,10 @@ def features(
         None, "--preview", metavar="PNG",
         help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.",
     ),
+    bands: Optional[str] = BANDS,
+    recipe: str = RECIPE,
+    scale: str = SCALE,
+    normalize: str = NORMALIZE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -398,7 +427,7 @@ def features(
 
     paths = _expand_inputs(inputs)
     mains = _plan(paths, output, out_dir, ".features.tif")
-    _check_geometry(tile, overlap, batch_size, blend)
+    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, quiet)
     if preview and len(paths) > 1 and "{stem}" not in preview:
         _fail("--preview names one file but several inputs were given: use a pattern such as "
               "'previews/{stem}.png'", EXIT_USAGE)
@@ -413,7 +442,7 @@ def features(
         return extract_features(
             path, outputs[0], model=loaded, tile=tile, overlap=overlap, batch_size=batch_size,
             blend=blend.value, dtype=dtype.value, pool=pool, pooled=outputs[1], preview=outputs[2],
-            progress=progress,
+            reading=reading, progress=progress,
         )
 
     _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,

@@ -25,9 +25,9 @@ from .blend import BLEND_MODES, StreamingAccumulator, patch_window
 from .errors import InputError, OutputError
 from .grid import Grid, make_grid
 from .model import Model, load_model
+from .recipe import NORMALIZATIONS, RECIPES, InputRecipe, parse_bands, parse_scale, resolve_recipe
 from .raster import (
     BlockRowWriter,
-    InputRecipe,
     IsprsSegWarning,
     atomic_outputs,
     check_output_path,
@@ -147,7 +147,7 @@ def _patches(src, grid: Grid, recipe: InputRecipe, blend: str, stride: int) -> I
     th, tw = grid.patch_shape
     padded_width = grid.cols.origins[-1] + tw
     for i, y in enumerate(grid.rows.origins):
-        raw, valid = read_rows(src, recipe, y, th, padded_width)
+        raw, valid = read_rows(src, recipe.bands, recipe.mask, y, th, padded_width)
         for j, x in enumerate(grid.cols.origins):
             weights = patch_window(grid, i, j, blend, stride) * _pool_valid(valid[:, x : x + tw], stride)
             if not weights.any():
@@ -211,8 +211,31 @@ class _Job:
     tags: dict
 
 
-def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None, blend: str, src) -> _Job:
-    recipe = InputRecipe.for_dataset(src)
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read the input (``--bands``, ``--recipe``, ``--scale``, ``--normalize``).
+
+    ``bands``: ``"R,G[,B]"`` 1-based, or None to choose from the colour interpretation;
+    ``scale``: ``"auto"``, ``"MAX"`` or ``"MIN,MAX"``. See :mod:`isprs_seg.recipe`.
+    """
+
+    bands: str | None = None
+    recipe: str = "pseudo-rgb"
+    scale: str = "auto"
+    normalize: str = "unit"
+
+    def check(self) -> None:
+        """Reject malformed values before any file is opened."""
+        parse_bands(self.bands)
+        parse_scale(self.scale)
+        _check_choice("--recipe", self.recipe, RECIPES)
+        _check_choice("--normalize", self.normalize, NORMALIZATIONS)
+
+
+def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None, blend: str, src,
+           reading: InputOptions) -> _Job:
+    recipe = resolve_recipe(src, parse_bands(reading.bands), reading.recipe, parse_scale(reading.scale),
+                            reading.normalize)
     if not is_georeferenced(src):
         warnings.warn(f"{input} has no georeferencing, so neither will the outputs", IsprsSegWarning)
     grid = make_grid(src.height, src.width, tile, overlap, contract.NETWORK_STRIDE)
@@ -222,6 +245,7 @@ def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None,
         "TILE": str(tile),
         "OVERLAP": str(overlap),
         "BLEND": blend,
+        "INPUT_RECIPE": recipe.describe(),
     }
     return _Job(src, recipe, grid, batch_size or model.batch_size, tags)
 
@@ -244,6 +268,7 @@ def predict_raster(
     batch_size: int | None = None,
     blend: str = "taper",
     probabilities_dtype: str = "float32",
+    reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
 ) -> RunResult:
     """Segment one raster into a class raster at ``output``.
@@ -251,12 +276,14 @@ def predict_raster(
     ``probabilities``: a path for the per-class probability raster, ``True`` for the
     name next to ``output`` (:func:`probabilities_path_for`), or ``None``.
     ``model``: a loaded :class:`Model`, a handle, or ``None`` for the default model.
+    ``reading``: band mapping, scaling and normalisation (:class:`InputOptions`).
     ``progress``: called with the number of patches, returns a :class:`Progress`
     (for example ``lambda total: tqdm(total=total)``), advanced once per patch.
     Outputs appear under their final names only when complete.
     """
     started = time.perf_counter()
     check_options(tile, overlap, batch_size, blend)
+    reading.check()
     _check_choice("--probabilities-dtype", probabilities_dtype, PROBABILITY_DTYPES)
     classes_path = Path(output)
     prob_path = probabilities_path_for(classes_path) if probabilities is True else (
@@ -267,7 +294,7 @@ def predict_raster(
     model = _resolve_model(model)
 
     with open_input(input) as src:
-        job = _start(input, model, tile, overlap, batch_size, blend, src)
+        job = _start(input, model, tile, overlap, batch_size, blend, src, reading)
         names, colors = model.class_names, model.class_colors
         counts = np.zeros(model.num_classes, np.int64)
         with atomic_outputs(finals) as temps, \
@@ -327,6 +354,7 @@ def extract_features(
     pool: str | float | None = None,
     pooled: str | os.PathLike | None = None,
     preview: str | os.PathLike | None = None,
+    reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
 ) -> RunResult:
     """Write the model's dense features of one raster to ``output``.
@@ -344,6 +372,7 @@ def extract_features(
 
     started = time.perf_counter()
     check_options(tile, overlap, batch_size, blend)
+    reading.check()
     _check_choice("--dtype", dtype, FEATURE_DTYPES)
     features_path = Path(output)
     pooled_path = (Path(pooled) if pooled else pooled_path_for(features_path)) if pool else None
@@ -356,7 +385,7 @@ def extract_features(
     stride, channels = contract.FEATURE_STRIDE, model.feature_channels
 
     with open_input(input) as src:
-        job = _start(input, model, tile, overlap, batch_size, blend, src)
+        job = _start(input, model, tile, overlap, batch_size, blend, src, reading)
         cell = parse_pool_size(pool, src) if pool else None
         height, width = -(-src.height // stride), -(-src.width // stride)
         sampler = PcaPreview(height * width) if preview_path else None

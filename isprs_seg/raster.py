@@ -12,7 +12,6 @@ import contextlib
 import os
 import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -66,48 +65,17 @@ def is_georeferenced(src: rasterio.DatasetReader) -> bool:
     return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
 
 
-@dataclass(frozen=True)
-class InputRecipe:
-    """How raw bands become model input ``[h, w, 3]`` float32.
-
-    ``bands`` are the 1-based red and green band indexes; the model input is the
-    pseudo-RGB ``[R, G, (R + G) / 2]`` the model was trained on, scaled by ``1 / scale``.
-    """
-
-    bands: tuple[int, int] = (1, 2)
-    scale: float = 255.0
-
-    @classmethod
-    def for_dataset(cls, src: rasterio.DatasetReader) -> "InputRecipe":
-        if src.count < 3:
-            raise InputError(
-                f"{src.name} has {src.count} band(s); isprs-seg needs an RGB image "
-                "(red in band 1, green in band 2, blue in band 3)"
-            )
-        if src.dtypes[0] != "uint8" or src.dtypes[1] != "uint8":
-            raise InputError(
-                f"{src.name} has {src.dtypes[0]} pixels; isprs-seg reads 8-bit RGB "
-                "orthophotos (convert with gdal_translate -ot Byte -scale)"
-            )
-        return cls()
-
-    def to_model(self, raw: np.ndarray) -> np.ndarray:
-        """Raw bands ``[2, h, w]`` (red, green) to model input ``[h, w, 3]`` in [0, 1]."""
-        red = raw[0].astype(np.float32) / self.scale
-        green = raw[1].astype(np.float32) / self.scale
-        return np.stack([red, green, (red + green) * 0.5], axis=-1)
-
-
 def read_rows(
-    src: rasterio.DatasetReader, recipe: InputRecipe, row: int, rows: int, width: int
+    src: rasterio.DatasetReader, bands: Sequence[int], mask: str, row: int, rows: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw bands ``[bands, rows, width]`` and validity ``[rows, width]`` from image row ``row``.
+    """Raw ``bands`` ``[bands, rows, width]`` and validity ``[rows, width]`` from image row ``row``.
 
     ``width`` may exceed the image: pixels outside the image read as 0 and invalid.
-    Validity is GDAL's dataset mask: an alpha band or a mask (internal or external
-    ``.msk``), or, for a nodata value, valid unless every band holds it.
+    ``mask`` ``dataset`` is GDAL's dataset mask: an alpha band or a mask (internal or
+    external ``.msk``), or, for a nodata value, valid unless every band holds it;
+    ``nodata`` uses the nodata value only; ``none`` takes every pixel as valid.
     """
-    bands = list(recipe.bands)
+    bands = list(bands)
     raw = np.zeros((len(bands), rows, width), dtype=src.dtypes[bands[0] - 1])
     valid = np.zeros((rows, width), dtype=bool)
     h = min(rows, src.height - row)
@@ -116,7 +84,7 @@ def read_rows(
         return raw, valid
     window = Window(0, row, w, h)
     try:
-        _read_window(src, bands, window, raw[:, :h, :w], valid[:h, :w])
+        _read_window(src, bands, mask, window, raw[:, :h, :w], valid[:h, :w])
     except rasterio.errors.RasterioError as exc:
         raise InputError(
             f"{src.name} could not be read at rows {row}-{row + h} ({_first_line(exc)}); "
@@ -125,12 +93,12 @@ def read_rows(
     return raw, valid
 
 
-def _read_window(src, bands: list[int], window: Window, raw: np.ndarray, valid: np.ndarray) -> None:
+def _read_window(src, bands: list[int], mask: str, window: Window, raw: np.ndarray, valid: np.ndarray) -> None:
     flags = src.mask_flag_enums
-    if all(MaskFlags.all_valid in f for f in flags):
+    if mask == "none" or (mask == "dataset" and all(MaskFlags.all_valid in f for f in flags)):
         raw[:] = src.read(bands, window=window)
         valid[:] = True
-    elif src.nodata is not None and all(MaskFlags.nodata in f for f in flags):
+    elif src.nodata is not None and (mask == "nodata" or all(MaskFlags.nodata in f for f in flags)):
         # Computed from the pixels read anyway rather than decoding them a second time.
         every = src.read(window=window)
         raw[:] = every[[b - 1 for b in bands]]

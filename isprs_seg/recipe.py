@@ -1,0 +1,213 @@
+"""The input contract: which bands are red and green, how raw values become [0, 1],
+and how the model input is composed from them.
+
+The ISPRS model was trained on pseudo-RGB ``[R, G, (R + G) / 2]`` in [0, 1]. Users
+bring RGB, RGBA, RGB+NIR and NIR-R-G files, 8-bit, 12-bit data in 16-bit containers
+and floats. :func:`resolve_recipe` decides once per image (never per patch) from the
+file's colour interpretation and whole-image statistics, with user overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.enums import ColorInterp, Resampling
+
+from . import contract
+from .errors import InputError
+from .raster import IsprsSegWarning
+
+log = logging.getLogger("isprs_seg")
+
+RECIPES = ("pseudo-rgb", "rgb")
+NORMALIZATIONS = ("unit", "isprs")
+#: Side of the decimated read used for whole-image statistics.
+_STATS_SIDE = 1024
+#: Bit depths recognised in integer data, by the largest value found.
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """How raw bands become model input ``[h, w, 3]`` float32.
+
+    ``bands``: 1-based band indexes read, (R, G) or (R, G, B) for ``rgb``.
+    Values are mapped by ``(v - low) / (high - low)`` and clipped to [0, 1], composed
+    as pseudo-RGB or RGB, then normalised (``unit``: as they are; ``isprs``: minus the
+    ISPRS mean, divided by its standard deviation).
+    ``mask``: validity from GDAL's ``dataset`` mask, from the ``nodata`` value only, or
+    ``none`` (all pixels valid).
+    """
+
+    bands: tuple[int, ...] = (1, 2)
+    recipe: str = "pseudo-rgb"
+    low: float = 0.0
+    high: float = 255.0
+    normalize: str = "unit"
+    mask: str = "dataset"
+
+    def to_model(self, raw: np.ndarray) -> np.ndarray:
+        """Raw bands ``[len(bands), h, w]`` to model input ``[h, w, 3]``."""
+        scale = np.float32(1.0 / (self.high - self.low))
+        unit = [np.clip((raw[i].astype(np.float32) - np.float32(self.low)) * scale, 0, 1) for i in range(len(raw))]
+        if self.recipe == "pseudo-rgb":
+            image = np.stack([unit[0], unit[1], (unit[0] + unit[1]) * np.float32(0.5)], axis=-1)
+        else:
+            image = np.stack(unit[:3], axis=-1)
+        if self.normalize == "isprs":
+            image = (image - np.float32(contract.ISPRS_MEAN)) / np.float32(contract.ISPRS_STD)
+        return image
+
+    def describe(self) -> str:
+        names = "R,G" if self.recipe == "pseudo-rgb" else "R,G,B"
+        composed = "pseudo-RGB [R, G, (R+G)/2]" if self.recipe == "pseudo-rgb" else "RGB"
+        text = (f"bands {','.join(map(str, self.bands))} as {names}, {composed}, "
+                f"values {_number(self.low)}-{_number(self.high)} -> [0, 1]")
+        if self.normalize == "isprs":
+            text += ", normalised with the ISPRS mean and std"
+        return text
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """``"2,3"`` -> (2, 3); None stays None (choose from the file)."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"--bands takes 1-based band numbers such as 1,2,3, got {text!r}") from None
+    if not 2 <= len(bands) <= 3 or min(bands) < 1:
+        raise InputError(f"--bands takes two or three 1-based band numbers (R,G[,B]), got {text!r}")
+    return bands
+
+
+def parse_scale(text: str | None) -> tuple[float, float] | None:
+    """``"auto"``/None -> None; ``"4095"`` -> (0, 4095); ``"100,3000"`` -> (100, 3000)."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        parts = [float(p) for p in str(text).split(",")]
+    except ValueError:
+        raise InputError(f"--scale takes auto, MAX or MIN,MAX, got {text!r}") from None
+    low, high = (0.0, parts[0]) if len(parts) == 1 else tuple(parts) if len(parts) == 2 else (0.0, 0.0)
+    if len(parts) > 2 or not high > low:
+        raise InputError(f"--scale takes auto, MAX or MIN,MAX with MAX above MIN, got {text!r}")
+    return low, high
+
+
+def _alpha_band(src) -> int | None:
+    for index, interp in zip(src.indexes, src.colorinterp):
+        if interp == ColorInterp.alpha:
+            return index
+    return None
+
+
+def _sample(src, bands: list[int]) -> np.ndarray:
+    """The bands read decimated to about :data:`_STATS_SIDE` pixels a side (overviews when present)."""
+    step = max(1, math.ceil(max(src.height, src.width) / _STATS_SIDE))
+    shape = (len(bands), math.ceil(src.height / step), math.ceil(src.width / step))
+    return src.read(bands, out_shape=shape, resampling=Resampling.nearest)
+
+
+def _alpha_is_a_mask(src, band: int) -> bool:
+    values = np.unique(_sample(src, [band]))
+    top = np.iinfo(values.dtype).max if np.issubdtype(values.dtype, np.integer) else 1.0
+    return set(values.tolist()) <= {0, top}
+
+
+def _default_bands(src, recipe: str, alpha: int | None) -> tuple[int, ...]:
+    interps = dict(zip(src.colorinterp, src.indexes))
+    if ColorInterp.red in interps and ColorInterp.green in interps:
+        picked = (interps[ColorInterp.red], interps[ColorInterp.green], interps.get(ColorInterp.blue))
+    else:
+        colour = [i for i in src.indexes if i != alpha]
+        picked = (colour + [None, None, None])[:3] if len(colour) >= 2 else (colour[0], colour[0], colour[0])
+    if recipe == "pseudo-rgb":
+        return tuple(picked[:2])
+    if picked[2] is None:
+        raise InputError(f"{src.name}: --recipe rgb needs a blue band; name it with --bands R,G,B")
+    return tuple(picked)
+
+
+def _auto_scale(src, bands: tuple[int, ...]) -> tuple[float, float, str]:
+    dtype = np.dtype(src.dtypes[bands[0] - 1])
+    if dtype == np.uint8:
+        return 0.0, 255.0, "8-bit"
+    nbits = src.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
+    if nbits and np.issubdtype(dtype, np.integer):
+        return 0.0, float(2 ** int(nbits) - 1), f"{nbits}-bit (NBITS)"
+    sample = _sample(src, sorted(set(bands)))
+    if src.nodata is not None and not np.isnan(src.nodata):
+        sample = sample[sample != np.asarray(src.nodata, sample.dtype)]
+    top = float(np.nanmax(sample)) if sample.size else 0.0
+    if np.issubdtype(dtype, np.floating):
+        if top > 1.0:
+            warnings.warn(
+                f"{src.name}: float values reach {top:g}, above the [0, 1] assumed for float data; "
+                "pass --scale MAX or MIN,MAX",
+                IsprsSegWarning,
+            )
+        return 0.0, 1.0, "float data taken as [0, 1]"
+    bits = next((b for b in _BIT_DEPTHS if top <= 2**b - 1), np.iinfo(dtype).bits)
+    return 0.0, float(2**bits - 1), f"{bits}-bit (largest value {top:g})"
+
+
+def resolve_recipe(
+    src,
+    bands: tuple[int, ...] | None = None,
+    recipe: str = "pseudo-rgb",
+    scale: tuple[float, float] | None = None,
+    normalize: str = "unit",
+) -> InputRecipe:
+    """Decide how to read ``src`` once for the whole image (see the module docstring)."""
+    if recipe not in RECIPES:
+        raise InputError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if normalize not in NORMALIZATIONS:
+        raise InputError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    alpha = _alpha_band(src)
+    mask = "dataset"
+    if alpha is not None and not _alpha_is_a_mask(src, alpha):
+        warnings.warn(
+            f"{src.name}: band {alpha} is flagged as alpha but holds more than 0 and the maximum "
+            "(near-infrared, as in NAIP files?): it is not used as a mask",
+            IsprsSegWarning,
+        )
+        mask = "nodata" if src.nodata is not None else "none"
+        alpha = None
+    if bands is None:
+        if src.count == 1:
+            warnings.warn(
+                f"{src.name} has a single band: it is read as grey (R = G = B); the model was "
+                "trained on colour and will do worse",
+                IsprsSegWarning,
+            )
+        bands = _default_bands(src, recipe, alpha)
+    else:
+        missing = [b for b in bands if b > src.count]
+        if missing:
+            raise InputError(
+                f"--bands {','.join(map(str, bands))}: {src.name} has {src.count} band(s), "
+                f"no band {missing[0]}"
+            )
+        if recipe == "rgb" and len(bands) != 3:
+            raise InputError("--recipe rgb needs three bands: --bands R,G,B")
+        bands = bands[:2] if recipe == "pseudo-rgb" else bands
+    dtypes = {src.dtypes[b - 1] for b in bands}
+    if len(dtypes) > 1:
+        raise InputError(f"{src.name}: bands {bands} have different data types {sorted(dtypes)}")
+    if scale is None:
+        low, high, how = _auto_scale(src, bands)
+    else:
+        (low, high), how = scale, "as given"
+    chosen = InputRecipe(bands, recipe, low, high, normalize, mask)
+    log.info("%s: %s (%s)", src.name, chosen.describe(), how)
+    return chosen
+
