@@ -308,11 +308,11 @@ def _run_batch(
 
 
 def _check_common(tile: int, overlap: int, batch_size: int, blend: Blend, bands: Optional[str], recipe: str,
-                  scale: str, normalize: str, quiet: bool):
+                  scale: str, normalize: str, gsd: Optional[float], quiet: bool):
     """Validate the options predict and features share; set up notes on stderr."""
     from .pipeline import InputOptions, check_options
 
-    reading = InputOptions(bands=bands, recipe=recipe, scale=scale, normalize=normalize)
+    reading = InputOptions(bands=bands, recipe=recipe, scale=scale, normalize=normalize, gsd=gsd)
     with _reported(EXIT_USAGE):
         check_options(tile, overlap, batch_size, blend.value)
         reading.check()
@@ -345,6 +345,9 @@ SCALE = typer.Option("auto", "--scale", metavar="auto|MAX|MIN,MAX",
                      help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")
 NORMALIZE = typer.Option("unit", "--normalize", metavar="unit|isprs",
                          help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")
+GSD = typer.Option(None, "--gsd", metavar="METRES",
+                   help="Run the model at this ground sampling distance (trained at 0.05-0.09 m); "
+                        "outputs stay on the input's grid.")
 
 
 @app.command()
@@ -365,6 +368,7 @@ def predict(
     recipe: str = RECIPE,
     scale: str = SCALE,
     normalize: str = NORMALIZE,
+    gsd: Optional[float] = GSD,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -375,7 +379,7 @@ def predict(
 
     paths = _expand_inputs(inputs)
     mains = _plan(paths, output, out_dir, ".classes.tif")
-    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, quiet)
+    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, gsd, quiet)
     planned = [
         [main, (out_dir / f"{input_stem(path)}.probabilities.tif" if out_dir else probabilities_path_for(main))
          if probabilities else None]
@@ -417,6 +421,7 @@ def features(
     recipe: str = RECIPE,
     scale: str = SCALE,
     normalize: str = NORMALIZE,
+    gsd: Optional[float] = GSD,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -427,7 +432,7 @@ def features(
 
     paths = _expand_inputs(inputs)
     mains = _plan(paths, output, out_dir, ".features.tif")
-    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, quiet)
+    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, gsd, quiet)
     if preview and len(paths) > 1 and "{stem}" not in preview:
         _fail("--preview names one file but several inputs were given: use a pattern such as "
               "'previews/{stem}.png'", EXIT_USAGE)

@@ -37,7 +37,9 @@ from .raster import (
     open_input,
     open_probability_raster,
     read_rows,
+    read_validity,
 )
+from .resample import Regridder, ResampledSource
 
 PROBABILITY_DTYPES = ("float32", "uint8")
 FEATURE_DTYPES = ("float16", "float32")
@@ -202,13 +204,37 @@ def _stream(
 
 @dataclass
 class _Job:
-    """What both commands set up before streaming: the opened input and the geometry."""
+    """What both commands set up before streaming: the input and the geometry.
+
+    ``source`` is what the model sees: the input itself, or a :class:`ResampledSource`
+    at another ground sampling distance; ``grid`` lies on ``source``.
+    """
 
     src: object
+    source: object
     recipe: InputRecipe
     grid: Grid
     batch_size: int
     tags: dict
+
+    def sink(self, stride: int, consume: RowsConsumer) -> tuple[RowsConsumer, Callable[[], None]]:
+        """Where the engine's rows go: straight to ``consume``, or regridded onto the input's grid."""
+        if self.source is self.src:
+            return consume, lambda: None
+        src, mask = self.src, self.recipe.mask
+
+        def native_valid(row: int, rows: int) -> np.ndarray:
+            first, last = row * stride, min(src.height, (row + rows) * stride)
+            valid = np.zeros((rows * stride, -(-src.width // stride) * stride), bool)
+            valid[: last - first, : src.width] = read_validity(src, mask, first, last - first)
+            return _pool_valid(valid, stride)
+
+        regridder = Regridder(
+            (-(-src.height // stride), -(-src.width // stride)),
+            (-(-self.source.height // stride), -(-self.source.width // stride)),
+            (self.source.scale_y, self.source.scale_x), native_valid, consume,
+        )
+        return regridder.add, regridder.finish
 
 
 @dataclass(frozen=True)
@@ -217,12 +243,15 @@ class InputOptions:
 
     ``bands``: ``"R,G[,B]"`` 1-based, or None to choose from the colour interpretation;
     ``scale``: ``"auto"``, ``"MAX"`` or ``"MIN,MAX"``. See :mod:`isprs_seg.recipe`.
+    ``gsd``: ground sampling distance in metres to run the model at; outputs stay on
+    the input's grid (:mod:`isprs_seg.resample`).
     """
 
     bands: str | None = None
     recipe: str = "pseudo-rgb"
     scale: str = "auto"
     normalize: str = "unit"
+    gsd: float | None = None  # metres: run the model at this resolution (see isprs_seg.resample)
 
     def check(self) -> None:
         """Reject malformed values before any file is opened."""
@@ -230,6 +259,8 @@ class InputOptions:
         parse_scale(self.scale)
         _check_choice("--recipe", self.recipe, RECIPES)
         _check_choice("--normalize", self.normalize, NORMALIZATIONS)
+        if self.gsd is not None and not self.gsd > 0:
+            raise InputError(f"--gsd must be a positive number of metres, got {self.gsd}")
 
 
 def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None, blend: str, src,
@@ -238,7 +269,8 @@ def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None,
                             reading.normalize)
     if not is_georeferenced(src):
         warnings.warn(f"{input} has no georeferencing, so neither will the outputs", IsprsSegWarning)
-    grid = make_grid(src.height, src.width, tile, overlap, contract.NETWORK_STRIDE)
+    source = ResampledSource(src, reading.gsd) if reading.gsd else src
+    grid = make_grid(source.height, source.width, tile, overlap, contract.NETWORK_STRIDE)
     tags = {
         "SOFTWARE": f"isprs-seg {__version__}",
         "MODEL": model.handle,
@@ -247,7 +279,9 @@ def _start(input, model: Model, tile: int, overlap: int, batch_size: int | None,
         "BLEND": blend,
         "INPUT_RECIPE": recipe.describe(),
     }
-    return _Job(src, recipe, grid, batch_size or model.batch_size, tags)
+    if reading.gsd:
+        tags["GSD"] = str(reading.gsd)
+    return _Job(src, source, recipe, grid, batch_size or model.batch_size, tags)
 
 
 def _resolve_model(model: Model | str | None) -> Model:
@@ -313,11 +347,13 @@ def predict_raster(
                     prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
 
             model.warm_up(*job.grid.patch_shape, job.batch_size)
+            sink, finish = job.sink(1, consume)
             with (progress or _no_progress)(len(job.grid)) as bar:
                 tiles, skipped = _stream(
-                    src, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size),
-                    1, model.num_classes, consume, bar, job.batch_size,
+                    job.source, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size),
+                    1, model.num_classes, sink, bar, job.batch_size,
                 )
+            finish()
             class_writer.close()
             if prob_writer:
                 prob_writer.close()
@@ -405,11 +441,13 @@ def extract_features(
                         sampler.add(values, valid)
 
                 model.warm_up(*job.grid.patch_shape, job.batch_size, method="get_features")
+                sink, finish = job.sink(stride, consume)
                 with (progress or _no_progress)(len(job.grid)) as bar:
                     tiles, skipped = _stream(
-                        src, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size),
-                        stride, channels, consume, bar, job.batch_size,
+                        job.source, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size),
+                        stride, channels, sink, bar, job.batch_size,
                     )
+                finish()
                 writer.close()
                 if pooler:
                     pooler.close()

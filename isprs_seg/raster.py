@@ -93,21 +93,43 @@ def read_rows(
     return raw, valid
 
 
-def _read_window(src, bands: list[int], mask: str, window: Window, raw: np.ndarray, valid: np.ndarray) -> None:
+def _mask_source(src, mask: str) -> str:
+    """Where validity comes from: ``all`` valid, the ``nodata`` value, or GDAL's ``dataset`` mask."""
     flags = src.mask_flag_enums
     if mask == "none" or (mask == "dataset" and all(MaskFlags.all_valid in f for f in flags)):
-        raw[:] = src.read(bands, window=window)
-        valid[:] = True
-    elif src.nodata is not None and (mask == "nodata" or all(MaskFlags.nodata in f for f in flags)):
+        return "all"
+    if src.nodata is not None and (mask == "nodata" or all(MaskFlags.nodata in f for f in flags)):
+        return "nodata"
+    return "dataset"
+
+
+def _nodata_valid(every: np.ndarray, nodata: float) -> np.ndarray:
+    """Valid unless every band holds the nodata value (GDAL's dataset mask semantics)."""
+    missing = np.isnan(every) if np.isnan(nodata) else every == np.asarray(nodata, every.dtype)
+    return ~np.all(missing, axis=0)
+
+
+def _read_window(src, bands: list[int], mask: str, window: Window, raw: np.ndarray, valid: np.ndarray) -> None:
+    how = _mask_source(src, mask)
+    if how == "nodata":
         # Computed from the pixels read anyway rather than decoding them a second time.
         every = src.read(window=window)
         raw[:] = every[[b - 1 for b in bands]]
-        nodata = src.nodata
-        missing = np.isnan(every) if np.isnan(nodata) else every == np.asarray(nodata, every.dtype)
-        valid[:] = ~np.all(missing, axis=0)
+        valid[:] = _nodata_valid(every, src.nodata)
     else:
         raw[:] = src.read(bands, window=window)
-        valid[:] = src.dataset_mask(window=window) > 0
+        valid[:] = True if how == "all" else src.dataset_mask(window=window) > 0
+
+
+def read_validity(src, mask: str, row: int, rows: int) -> np.ndarray:
+    """Validity ``[rows, width]`` of image rows ``[row, row + rows)`` (as :func:`read_rows`)."""
+    window = Window(0, row, src.width, rows)
+    how = _mask_source(src, mask)
+    if how == "all":
+        return np.ones((rows, src.width), bool)
+    if how == "nodata":
+        return _nodata_valid(src.read(window=window), src.nodata)
+    return src.dataset_mask(window=window) > 0
 
 
 # --------------------------------------------------------------------------- output

@@ -144,3 +144,66 @@ def test_bad_input_options(tmp_path, small_dir, args, code, message):
     assert result.returncode == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_gsd_equal_to_the_native_resolution_changes_nothing(tmp_path, small_model):
+    from conftest import ZANZIBAR
+
+    with rasterio.open(ZANZIBAR) as src:
+        res = src.res[0]
+    plain = predict_raster(ZANZIBAR, tmp_path / "a.tif", model=small_model, probabilities=True, **GEOMETRY)
+    same = predict_raster(ZANZIBAR, tmp_path / "b.tif", model=small_model, probabilities=True,
+                          reading=InputOptions(gsd=res), **GEOMETRY)
+    with rasterio.open(plain.outputs[1]) as a, rasterio.open(same.outputs[1]) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, small_model):
+    """Against an independent reference: average-downsample, whole-image inference, linear upsampling."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    from conftest import ZANZIBAR
+
+    factor = 2.5
+    with rasterio.open(ZANZIBAR) as src:
+        gsd, native = src.res[0] * factor, src.profile
+        side = int(src.width // factor)
+        rg = src.read([1, 2], window=Window(0, 0, side * factor, side * factor), out_shape=(2, side, side),
+                      resampling=Resampling.average).astype(np.float32) / 255
+    coarse = small_model.predict(np.stack([rg[0], rg[1], (rg[0] + rg[1]) / 2], -1)[None])[0]
+    centres = (np.arange(native["width"]) + 0.5) / factor - 0.5
+    along_x = np.stack([[np.interp(centres, np.arange(side), coarse[r, :, k]) for k in range(7)] for r in range(side)])
+    expected = np.stack([[np.interp(centres, np.arange(side), along_x[:, k, c]) for k in range(7)]
+                         for c in range(native["width"])], axis=-1)  # [classes, rows, cols]
+
+    result = predict_raster(ZANZIBAR, tmp_path / "g.tif", model=small_model, probabilities=True,
+                            reading=InputOptions(gsd=gsd), **GEOMETRY)
+    with rasterio.open(result.outputs[1]) as out:
+        assert (out.width, out.height, out.crs, out.transform) == (
+            native["width"], native["height"], native["crs"], native["transform"])
+        got = out.read()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
+    from isprs_seg.pipeline import extract_features
+    from conftest import HRO_ALPHA, valid_mask
+
+    reading = InputOptions(gsd=0.3)
+    result = predict_raster(HRO_ALPHA, tmp_path / "c.tif", model=small_model, reading=reading, **GEOMETRY)
+    with rasterio.open(result.outputs[0]) as out:
+        np.testing.assert_array_equal(out.read(1) == 255, ~valid_mask(HRO_ALPHA))
+    feats = extract_features(HRO_ALPHA, tmp_path / "f.tif", model=small_model, reading=reading, **GEOMETRY)
+    with rasterio.open(HRO_ALPHA) as src, rasterio.open(feats.outputs[0]) as out:
+        assert (out.height, out.width) == (58, 96)
+        assert out.transform == src.transform * rasterio.Affine.scale(4)
+
+
+def test_gsd_needs_a_projected_crs(tmp_path, small_dir):
+    from conftest import POTSDAM_PNG
+
+    result = run_cli("predict", str(POTSDAM_PNG), "-o", str(tmp_path / "p.tif"), "--model", str(small_dir),
+                     "--gsd", "0.1", "-q")
+    assert result.returncode == 1 and "--gsd needs a projected CRS" in result.stderr
+    assert not (tmp_path / "p.tif").exists()

@@ -1,0 +1,146 @@
+"""Running the model at another ground sampling distance (``--gsd``).
+
+:class:`ResampledSource` shows the input at the model's resolution through GDAL
+decimated reads (averaging when shrinking, bilinear when enlarging), computed on the fly
+for the rows being processed. :class:`Regridder` brings the blended outputs back onto
+the input's own grid by bilinear interpolation of the model-grid results, streaming row
+by row, so the outputs have the size and transform they would have without ``--gsd``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from .errors import InputError
+from .raster import is_georeferenced
+
+
+class ResampledSource:
+    """The dataset ``src`` seen with square pixels of ``gsd`` metres.
+
+    Offers what the reader uses of a rasterio dataset (``read``, ``dataset_mask``,
+    ``height``, ``width``, ``dtypes``, ``nodata``, ``mask_flag_enums``, ``name``).
+    The grid starts at the input's origin; a last partial pixel is left out (the
+    regridder extends the outputs over it).
+    """
+
+    def __init__(self, src, gsd: float):
+        if gsd <= 0 or not math.isfinite(gsd):
+            raise InputError(f"--gsd must be a positive number of metres, got {gsd}")
+        crs = src.crs
+        if crs is None or not crs.is_projected or not is_georeferenced(src):
+            raise InputError(f"--gsd needs a projected CRS in metres, and {src.name} has none")
+        a, b, c, d, e, f = src.transform[:6]
+        if b or d:
+            raise InputError(f"--gsd needs a north-up grid, and {src.name} is rotated")
+        size = gsd / crs.linear_units_factor[1]
+        self.src = src
+        self.scale_x, self.scale_y = size / abs(a), size / abs(e)  # input pixels per model pixel
+        self.width = max(1, math.floor(src.width / self.scale_x))
+        self.height = max(1, math.floor(src.height / self.scale_y))
+        self.transform = Affine(math.copysign(size, a), 0, c, 0, math.copysign(size, e), f)
+        shrinking = min(self.scale_x, self.scale_y) >= 1
+        self.resampling = Resampling.average if shrinking else Resampling.bilinear
+        self.name, self.dtypes, self.nodata = src.name, src.dtypes, src.nodata
+        self.mask_flag_enums = src.mask_flag_enums
+
+    def _native(self, window: Window) -> Window:
+        return Window(window.col_off * self.scale_x, window.row_off * self.scale_y,
+                      window.width * self.scale_x, window.height * self.scale_y)
+
+    def read(self, indexes=None, window: Window | None = None):
+        indexes = list(self.src.indexes) if indexes is None else indexes
+        count = len(indexes) if isinstance(indexes, (list, tuple)) else 1
+        shape = (count, int(window.height), int(window.width))
+        return self.src.read(indexes, window=self._native(window), out_shape=shape, resampling=self.resampling)
+
+    def dataset_mask(self, window: Window):
+        shape = (int(window.height), int(window.width))
+        return self.src.dataset_mask(window=self._native(window), out_shape=shape, resampling=Resampling.nearest)
+
+
+def _axis_weights(native: int, model: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output pixel along an axis: the two model pixels around it and the weight of the second."""
+    centres = (np.arange(native) + 0.5) / scale - 0.5
+    first = np.clip(np.floor(centres), 0, model - 1).astype(np.int64)
+    second = np.minimum(first + 1, model - 1)
+    weight = np.clip(centres - first, 0.0, 1.0).astype(np.float32)
+    weight[second == first] = 0.0
+    return first, second, weight
+
+
+class Regridder:
+    """Bilinear resampling of blended model-grid rows onto the input's grid, streamed.
+
+    Model-grid rows ``(first_row, values [n, w_model, C], valid [n, w_model])`` go into
+    :meth:`add` in order; finished native rows go to ``consume`` in order, with the same
+    signature. A native pixel is valid when its own input pixels are (``native_valid``)
+    and some model pixel around it is. Invalid model pixels get no interpolation weight.
+    """
+
+    #: Values per temporary array while interpolating (bounds memory for 720 channels).
+    CHUNK_VALUES = 16_000_000
+
+    def __init__(self, native_shape: tuple[int, int], model_shape: tuple[int, int], scale: tuple[float, float],
+                 native_valid: Callable[[int, int], np.ndarray], consume: Callable):
+        self.native_height, native_width = native_shape
+        self.model_height, model_width = model_shape
+        self.rows = _axis_weights(self.native_height, self.model_height, scale[0])
+        self.cols = _axis_weights(native_width, model_width, scale[1])
+        self.native_width = native_width
+        self.native_valid, self.consume = native_valid, consume
+        self.next_row = 0  # next native row to emit
+        self.base = 0  # model row held in buffer row 0
+        self.values: np.ndarray | None = None
+        self.valid: np.ndarray | None = None
+
+    def add(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        if self.values is None:
+            self.base, self.values, self.valid = row, values, valid
+        else:
+            self.values = np.concatenate([self.values, values])
+            self.valid = np.concatenate([self.valid, valid])
+        self._emit(self.base + len(self.values))
+
+    def finish(self) -> None:
+        self._emit(self.model_height)
+
+    def _emit(self, available: int) -> None:
+        """Emit every native row whose model rows are all below ``available``."""
+        first, second, _ = self.rows
+        ready = self.next_row
+        while ready < self.native_height and second[ready] < available:
+            ready += 1
+        channels = self.values.shape[-1] if self.values is not None else 1
+        chunk = max(1, self.CHUNK_VALUES // (self.native_width * channels))
+        for start in range(self.next_row, ready, chunk):
+            stop = min(ready, start + chunk)
+            self.consume(start, *self._interpolate(start, stop))
+        self.next_row = ready
+        if ready < self.native_height:  # keep only what later rows still need
+            drop = first[ready] - self.base
+            if drop > 0:
+                self.values, self.valid = self.values[drop:], self.valid[drop:]
+                self.base += drop
+
+    def _interpolate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        y0, y1, wy = (a[start:stop] for a in self.rows)
+        x0, x1, wx = self.cols
+        y0, y1 = y0 - self.base, y1 - self.base
+        num = 0.0
+        den = 0.0
+        for ys, fy in ((y0, 1 - wy), (y1, wy)):
+            for xs, fx in ((x0, 1 - wx), (x1, wx)):
+                weight = fy[:, None] * fx[None, :] * self.valid[ys][:, xs]
+                num = num + weight[..., None] * self.values[ys][:, xs]
+                den = den + weight
+        valid = (den > 0) & self.native_valid(start, stop - start)
+        values = np.zeros_like(num, dtype=np.float32)
+        np.divide(num, den[..., None], out=values, where=valid[..., None])
+        return values, valid
