@@ -20,6 +20,9 @@ def tensorflow():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device discovery logs here too
+            for gpu in tf.config.list_physical_devices("GPU"):
+                # take GPU memory as needed, not all of it up front (shared servers)
+                tf.config.experimental.set_memory_growth(gpu, True)
         tf.get_logger().setLevel("ERROR")
         _tf = tf
     return _tf

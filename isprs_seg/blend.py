@@ -97,8 +97,16 @@ class StreamingAccumulator:
             return
         r = y - self.top
         wgt = weights[:h, :w]
-        self.sums[r : r + h, x : x + w] += wgt[..., None] * values[:h, :w]
+        scratch = self._scratch(values.shape)[:h, :w]
+        np.multiply(values[:h, :w], wgt[..., None], out=scratch)
+        self.sums[r : r + h, x : x + w] += scratch
         self.weights[r : r + h, x : x + w] += wgt
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A reused buffer for one patch's weighted values (no allocation per patch)."""
+        if getattr(self, "_buffer", None) is None or self._buffer.shape != shape:
+            self._buffer = np.empty(shape, np.float32)
+        return self._buffer
 
     def release(self, until: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Finish rows ``[top, until)``, in chunks of at most ``band_rows`` rows.

@@ -257,6 +257,8 @@ class Model:
     outputs_probabilities: bool
     methods: dict[str, str]  # method name -> "attribute" / "signature"
     batch_size: int = contract.DEFAULT_BATCH_SIZE
+    device: str | None = None  # TensorFlow device name, e.g. "/GPU:0"; None: TensorFlow's choice
+    xla: bool = False  # compile each model call with XLA
     _obj: object = field(default=None, repr=False)
     _calls: dict = field(default_factory=dict, repr=False)
 
@@ -307,57 +309,71 @@ class Model:
         }
 
     # -- inference ---------------------------------------------------------------
-    def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities ``[n, h, w, classes]`` for float32 images ``[n, h, w, 3]``."""
-        return self._run("predict", images, batch_size)
+    def predict(self, images: np.ndarray, batch_size: int | None = None, prepare=None) -> np.ndarray:
+        """Class probabilities ``[n, h, w, classes]``.
 
-    def features(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Feature maps ``[n, ceil(h/4), ceil(w/4), channels]`` for images ``[n, h, w, 3]``."""
+        ``images``: float32 model input ``[n, h, w, 3]``; or, with ``prepare`` (an
+        :class:`isprs_seg.recipe.InputRecipe`), raw patches ``[n, bands, h, w]`` of any
+        dtype that ``prepare.to_model`` turns into model input inside the TensorFlow
+        call (the host hands over compact integers and does no per-pixel work).
+        """
+        return self._run("predict", images, batch_size, prepare)
+
+    def features(self, images: np.ndarray, batch_size: int | None = None, prepare=None) -> np.ndarray:
+        """Feature maps ``[n, ceil(h/4), ceil(w/4), channels]``; arguments as :meth:`predict`."""
         if self.feature_channels is None:
             raise ModelError(
                 f"model {self.handle} has no get_features method, so it cannot produce features"
             )
-        return self._run("get_features", images, batch_size)
+        return self._run("get_features", images, batch_size, prepare)
 
-    def warm_up(self, height: int, width: int, batch_size: int | None = None, method: str = "predict") -> None:
+    def warm_up(self, sample: np.ndarray, batch_size: int | None = None, prepare=None,
+                method: str = "predict") -> None:
         """Trace and run the model once at the batch shape the pipeline will use."""
-        self._run(method, np.zeros((1, height, width, 3), np.float32), batch_size)
+        self._run(method, sample[:1], batch_size, prepare)
 
-    def _run(self, method: str, images: np.ndarray, batch_size: int | None) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[-1] != 3:
+    def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare) -> np.ndarray:
+        images = np.asarray(images) if prepare is not None else np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or (prepare is None and images.shape[-1] != 3):
             raise ValueError(f"expected images [n, h, w, 3], got {images.shape}")
         n = images.shape[0]
         step = batch_size or self.batch_size
         if self.max_batch is not None:
             step = min(step, self.max_batch)
-        call = self._call(method)
+        call = self._call(method, prepare)
         tf = tensorflow()
         out = []
-        for start in range(0, n, step):
-            chunk = images[start : start + step]
-            if chunk.shape[0] < step:  # pad the last batch: one shape, one trace
-                pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), np.float32)
-                chunk = np.concatenate([chunk, pad])
-            result = call(tf.constant(chunk)).numpy()
-            out.append(result[: min(step, n - start)])
+        with tf.device(self.device) if self.device else contextlib.nullcontext():
+            for start in range(0, n, step):
+                chunk = images[start : start + step]
+                if chunk.shape[0] < step:  # pad the last batch: one shape, one trace
+                    pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                result = call(tf.constant(chunk)).numpy()
+                out.append(result[: min(step, n - start)])
+        if len(out) == 1:
+            return out[0]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def _call(self, method: str):
-        if method not in self._calls:
+    def _call(self, method: str, prepare=None):
+        key = (method, prepare)
+        if key not in self._calls:
             tf = tensorflow()
 
             fn = _find_method(self._obj, method).fn
             convention = self.convention
             softmax = method == "predict" and not self.outputs_probabilities
 
-            @tf.function(reduce_retracing=True)
+            @tf.function(reduce_retracing=True, jit_compile=self.xla or None)
             def call(x):
+                if prepare is not None:
+                    x = prepare.to_model(x)
                 y = _invoke(fn, convention, x)
+                y = tf.cast(y, tf.float32)  # mixed precision may hand back float16
                 return tf.nn.softmax(y, axis=-1) if softmax else y
 
-            self._calls[method] = call
-        return self._calls[method]
+            self._calls[key] = call
+        return self._calls[key]
 
 
 def _invoke(fn: Callable, convention: str, x):
@@ -447,12 +463,44 @@ def _detect(obj, source: ModelSource) -> dict:
     return detected
 
 
+PRECISIONS = ("float32", "mixed")
+
+
+def resolve_device(name: str | None) -> str | None:
+    """``cpu``, ``gpu``, ``gpu:1`` or a TensorFlow device name -> ``/CPU:0`` style; None stays None."""
+    if name is None or name.lower() == "auto":
+        return None
+    text = name.strip().lstrip("/").upper().replace("DEVICE:", "")
+    kind, _, index = text.partition(":")
+    device = f"/{kind}:{index or 0}"
+    available = [d.name.replace("/device:", "") for d in tensorflow().config.list_logical_devices()]
+    if device.lstrip("/") not in available:
+        raise ModelError(f"device {name} is not available here (available: {', '.join(available)})")
+    return device
+
+
 def load_model(
-    handle: str | os.PathLike | None = None, batch_size: int = contract.DEFAULT_BATCH_SIZE
+    handle: str | os.PathLike | None = None,
+    batch_size: int = contract.DEFAULT_BATCH_SIZE,
+    *,
+    device: str | None = None,
+    precision: str = "float32",
+    xla: bool = False,
 ) -> Model:
-    """Resolve, load and probe a model. Raises :class:`ModelError` with a clear message."""
+    """Resolve, load and probe a model. Raises :class:`ModelError` with a clear message.
+
+    ``device``: where the model runs (``cpu``, ``gpu``, ``gpu:1``; default: TensorFlow's
+    choice, the first GPU when there is one). ``precision`` ``mixed`` turns on
+    TensorFlow's automatic mixed precision (float16 on GPUs with tensor cores; no effect
+    on a CPU). ``xla`` compiles each model call with XLA.
+    """
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = resolve_device(device)
     source = resolve(handle)
     tf = tensorflow()
+    if precision == "mixed":
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
 
     try:
         obj = tf.saved_model.load(str(source.path))
@@ -462,4 +510,4 @@ def load_model(
             "fetch it again with `isprs-seg model fetch` or pass another `--model DIR`"
         ) from exc
     detected = _detect(obj, source)
-    return Model(source=source, batch_size=batch_size, _obj=obj, **detected)
+    return Model(source=source, batch_size=batch_size, device=device, xla=xla, _obj=obj, **detected)

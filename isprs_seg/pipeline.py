@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,8 +38,8 @@ from .raster import (
     open_feature_raster,
     open_input,
     open_probability_raster,
-    read_rows,
     read_validity,
+    RowReader,
 )
 from .resample import Regridder, ResampledSource
 
@@ -132,7 +134,7 @@ def _check_outputs(input, finals: Sequence[Path]) -> None:
 class _Patch:
     y: int
     x: int
-    image: np.ndarray | None  # model input [h, w, 3]; None when skipped
+    raw: np.ndarray | None  # raw bands [bands, h, w]; None when skipped
     weights: np.ndarray | None  # blend weight x validity [h / stride, w / stride]
 
 
@@ -144,62 +146,152 @@ def _pool_valid(valid: np.ndarray, stride: int) -> np.ndarray:
     return valid.reshape(h // stride, stride, w // stride, stride).any(axis=(1, 3))
 
 
-def _patches(src, grid: Grid, recipe: InputRecipe, blend: str, stride: int) -> Iterator[_Patch]:
-    """Every patch of the grid in row order, read one full-width row band at a time."""
+def _patches(source, grid: Grid, recipe: InputRecipe, blend: str, stride: int) -> Iterator[_Patch]:
+    """Every patch of the grid in row order, cut from full-width row bands read once each."""
     th, tw = grid.patch_shape
-    padded_width = grid.cols.origins[-1] + tw
+    reader = RowReader(source, recipe.bands, recipe.mask, grid.cols.origins[-1] + tw)
     for i, y in enumerate(grid.rows.origins):
-        raw, valid = read_rows(src, recipe.bands, recipe.mask, y, th, padded_width)
+        raw, valid = reader.rows(y, th)
         for j, x in enumerate(grid.cols.origins):
             weights = patch_window(grid, i, j, blend, stride) * _pool_valid(valid[:, x : x + tw], stride)
             if not weights.any():
                 yield _Patch(y, x, None, None)
             else:
-                yield _Patch(y, x, recipe.to_model(raw[:, :, x : x + tw]), weights)
+                yield _Patch(y, x, raw[:, :, x : x + tw], weights)
 
 
 RowsConsumer = Callable[[int, np.ndarray, np.ndarray], None]
 
 
+@dataclass
+class _Batch:
+    patches: list[_Patch]
+    raw: np.ndarray | None  # [n, bands, h, w], None when only skipped patches are reported
+    skipped: int  # patches skipped since the previous batch (for progress)
+    outputs: np.ndarray | list = field(default_factory=list)
+
+
+_DONE = object()
+
+
+class _Stopped(Exception):
+    """A stage gave up because another one failed or was interrupted."""
+
+
+class _Stage(threading.Thread):
+    """One pipeline stage in its own thread; the main thread re-raises its error."""
+
+    def __init__(self, work: Callable[[], None], name: str):
+        super().__init__(name=name, daemon=True)
+        self.work, self.error = work, None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.error = exc
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, peer: _Stage | None = None) -> None:
+    """Put ``item`` when there is room; give up when stopped or when the consumer died."""
+    while True:
+        if peer is not None and peer.error is not None:
+            raise peer.error
+        if stop.is_set():
+            raise _Stopped()
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event, peer: _Stage | None = None):
+    """Take the next item; give up when stopped or when the producer died."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if peer is not None and peer.error is not None:
+                raise peer.error
+            if peer is not None and not peer.is_alive():
+                raise RuntimeError(f"{peer.name} ended without finishing")
+            if stop.is_set():
+                raise _Stopped()
+
+
 def _stream(
-    src, grid: Grid, recipe: InputRecipe, blend: str, infer: Callable[[np.ndarray], np.ndarray],
+    source, grid: Grid, recipe: InputRecipe, blend: str, infer: Callable[[np.ndarray], np.ndarray],
     stride: int, channels: int, consume: RowsConsumer, bar: Progress, batch_size: int,
 ) -> tuple[int, int]:
     """Run every patch through ``infer`` and hand finished output rows to ``consume``.
 
-    ``infer`` maps model input ``[n, h, w, 3]`` to ``[n, h / stride, w / stride, channels]``;
-    ``consume(first_row, values [rows, width, channels], valid [rows, width])`` gets the
-    blended output in row order, at the output resolution. Returns (tiles, skipped).
+    Three stages overlap through bounded queues: a reader thread cuts batches of raw
+    patches, the calling thread runs the model on them, and a blend thread accumulates
+    the outputs and hands finished rows to ``consume``; while the model runs batch k,
+    batch k+1 is read and batch k-1 blended and written. ``infer`` maps raw patches
+    ``[n, bands, h, w]`` to ``[n, h / stride, w / stride, channels]``; ``consume(first_row,
+    values [rows, width, channels], valid [rows, width])`` receives rows in order at the
+    output resolution. Returns (patches sent to the model, patches skipped).
     """
-    height, width = -(-grid.height // stride), -(-grid.width // stride)
-    acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
-    tiles = skipped = 0
-    batch: list[_Patch] = []
+    stop = threading.Event()
+    # one batch waiting between stages is enough to keep every stage busy
+    to_model: queue.Queue = queue.Queue(maxsize=1)
+    to_blend: queue.Queue = queue.Queue(maxsize=1)
+    counts = {"tiles": 0, "skipped": 0}
 
-    def run() -> None:
-        outputs = infer(np.stack([p.image for p in batch]))
-        for patch, values in zip(batch, outputs):
-            row = patch.y // stride
-            for chunk in acc.release(row):
-                consume(*chunk)
-            acc.add(row, patch.x // stride, values, patch.weights)
-        bar.update(len(batch))
-        batch.clear()
+    def read() -> None:
+        batch: list[_Patch] = []
+        skipped = 0
+        for patch in _patches(source, grid, recipe, blend, stride):
+            if patch.raw is None:
+                skipped += 1
+                counts["skipped"] += 1
+                continue
+            batch.append(patch)
+            counts["tiles"] += 1
+            if len(batch) == batch_size:
+                _put(to_model, _Batch(batch, np.stack([p.raw for p in batch]), skipped), stop)
+                batch, skipped = [], 0
+        if batch or skipped:
+            raw = np.stack([p.raw for p in batch]) if batch else None
+            _put(to_model, _Batch(batch, raw, skipped), stop)
+        _put(to_model, _DONE, stop)
 
-    for patch in _patches(src, grid, recipe, blend, stride):
-        if patch.image is None:
-            skipped += 1
-            bar.update(1)
-            continue
-        tiles += 1
-        batch.append(patch)
-        if len(batch) == batch_size:
-            run()
-    if batch:
-        run()
-    for chunk in acc.release(height):
-        consume(*chunk)
-    return tiles, skipped
+    def blend_and_write() -> None:
+        height, width = -(-grid.height // stride), -(-grid.width // stride)
+        acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
+        while (batch := _get(to_blend, stop)) is not _DONE:
+            for patch, values in zip(batch.patches, batch.outputs):
+                row = patch.y // stride
+                for chunk in acc.release(row):
+                    consume(*chunk)
+                acc.add(row, patch.x // stride, values, patch.weights)
+            bar.update(len(batch.patches) + batch.skipped)
+        for chunk in acc.release(height):
+            consume(*chunk)
+
+    reader = _Stage(read, "isprs-seg-reader")
+    writer = _Stage(blend_and_write, "isprs-seg-blender")
+    reader.start()
+    writer.start()
+    try:
+        while (batch := _get(to_model, stop, reader)) is not _DONE:
+            batch.outputs = infer(batch.raw) if batch.raw is not None else []
+            _put(to_blend, batch, stop, writer)
+        _put(to_blend, _DONE, stop, writer)
+        writer.join()
+        if writer.error is not None:
+            raise writer.error
+    except BaseException:
+        stop.set()
+        reader.join()
+        writer.join()
+        raise
+    reader.join()
+    return counts["tiles"], counts["skipped"]
 
 
 @dataclass
@@ -217,11 +309,20 @@ class _Job:
     batch_size: int
     tags: dict
 
+    def blank_patch(self) -> np.ndarray:
+        """One raw patch of zeros ``[1, bands, h, w]``, for the warm-up call."""
+        dtype = self.src.dtypes[self.recipe.bands[0] - 1]
+        return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
+
     def sink(self, stride: int, consume: RowsConsumer) -> tuple[RowsConsumer, Callable[[], None]]:
-        """Where the engine's rows go: straight to ``consume``, or regridded onto the input's grid."""
+        """Where the engine's rows go: straight to ``consume``, or regridded onto the input's grid.
+
+        The regridder reads the input's validity from its own dataset handle: it runs in
+        the blend thread while the reader thread uses ``src``.
+        """
         if self.source is self.src:
             return consume, lambda: None
-        src, mask = self.src, self.recipe.mask
+        src, mask = open_input(self.src.name), self.recipe.mask
 
         def native_valid(row: int, rows: int) -> np.ndarray:
             first, last = row * stride, min(src.height, (row + rows) * stride)
@@ -234,7 +335,12 @@ class _Job:
             (-(-self.source.height // stride), -(-self.source.width // stride)),
             (self.source.scale_y, self.source.scale_x), native_valid, consume,
         )
-        return regridder.add, regridder.finish
+
+        def finish() -> None:
+            regridder.finish()
+            src.close()
+
+        return regridder.add, finish
 
 
 @dataclass(frozen=True)
@@ -346,11 +452,11 @@ def predict_raster(
                 if prob_writer:
                     prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
 
-            model.warm_up(*job.grid.patch_shape, job.batch_size)
+            model.warm_up(job.blank_patch(), job.batch_size, job.recipe)
             sink, finish = job.sink(1, consume)
             with (progress or _no_progress)(len(job.grid)) as bar:
                 tiles, skipped = _stream(
-                    job.source, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size),
+                    job.source, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size, job.recipe),
                     1, model.num_classes, sink, bar, job.batch_size,
                 )
             finish()
@@ -440,11 +546,11 @@ def extract_features(
                     if sampler:
                         sampler.add(values, valid)
 
-                model.warm_up(*job.grid.patch_shape, job.batch_size, method="get_features")
+                model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method="get_features")
                 sink, finish = job.sink(stride, consume)
                 with (progress or _no_progress)(len(job.grid)) as bar:
                     tiles, skipped = _stream(
-                        job.source, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size),
+                        job.source, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size, job.recipe),
                         stride, channels, sink, bar, job.batch_size,
                     )
                 finish()

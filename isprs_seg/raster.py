@@ -65,32 +65,60 @@ def is_georeferenced(src: rasterio.DatasetReader) -> bool:
     return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
 
 
-def read_rows(
-    src: rasterio.DatasetReader, bands: Sequence[int], mask: str, row: int, rows: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw ``bands`` ``[bands, rows, width]`` and validity ``[rows, width]`` from image row ``row``.
+class RowReader:
+    """Row bands of an image for patch rows that advance down it, each row read once.
 
-    ``width`` may exceed the image: pixels outside the image read as 0 and invalid.
-    ``mask`` ``dataset`` is GDAL's dataset mask: an alpha band or a mask (internal or
-    external ``.msk``), or, for a nodata value, valid unless every band holds it;
-    ``nodata`` uses the nodata value only; ``none`` takes every pixel as valid.
+    :meth:`rows` returns raw ``bands`` ``[bands, count, width]`` and validity
+    ``[count, width]`` for image rows ``[row, row + count)``; requests must not go back
+    above an earlier one. Rows are read in whole blocks of the file (at least
+    ``min_rows`` at a time), so every block is decoded once although patches overlap.
+    ``width`` may exceed the image: pixels outside it read as 0 and invalid. ``mask`` is
+    as in :func:`read_validity`.
     """
-    bands = list(bands)
-    raw = np.zeros((len(bands), rows, width), dtype=src.dtypes[bands[0] - 1])
-    valid = np.zeros((rows, width), dtype=bool)
-    h = min(rows, src.height - row)
-    w = min(width, src.width)
-    if h <= 0:
+
+    def __init__(self, src, bands: Sequence[int], mask: str, width: int, min_rows: int = 256):
+        self.src, self.bands, self.mask, self.width = src, list(bands), mask, width
+        block = src.block_shapes[0][0] if hasattr(src, "block_shapes") else 1
+        self.chunk = max(block, -(-min_rows // block) * block)
+        self.block = block
+        self.first = 0  # image row held in buffer row 0
+        self.raw = np.zeros((len(self.bands), 0, width), dtype=src.dtypes[self.bands[0] - 1])
+        self.valid = np.zeros((0, width), dtype=bool)
+
+    def rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if row < self.first:
+            raise ValueError(f"rows above {self.first} were dropped (asked for {row})")
+        drop = min(row - self.first, self.valid.shape[0])
+        self.raw, self.valid = self.raw[:, drop:], self.valid[drop:]
+        self.first += drop
+        self.first = max(self.first, row)
+        want = min(row + count, self.src.height)
+        while self.first + self.valid.shape[0] < want:
+            start = self.first + self.valid.shape[0]
+            stop = min(self.src.height, -(-max(want, start + self.chunk) // self.block) * self.block)
+            raw, valid = self._read(start, stop - start)
+            self.raw = np.concatenate([self.raw, raw], axis=1)
+            self.valid = np.concatenate([self.valid, valid])
+        raw = np.zeros((len(self.bands), count, self.width), dtype=self.raw.dtype)
+        valid = np.zeros((count, self.width), dtype=bool)
+        have = max(0, want - row)
+        raw[:, :have] = self.raw[:, row - self.first : row - self.first + have]
+        valid[:have] = self.valid[row - self.first : row - self.first + have]
         return raw, valid
-    window = Window(0, row, w, h)
-    try:
-        _read_window(src, bands, mask, window, raw[:, :h, :w], valid[:h, :w])
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(
-            f"{src.name} could not be read at rows {row}-{row + h} ({_first_line(exc)}); "
-            "the file may be truncated or damaged"
-        ) from exc
-    return raw, valid
+
+    def _read(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        width = min(self.width, self.src.width)
+        raw = np.zeros((len(self.bands), count, self.width), dtype=self.raw.dtype)
+        valid = np.zeros((count, self.width), dtype=bool)
+        try:
+            _read_window(self.src, self.bands, self.mask, Window(0, row, width, count),
+                         raw[:, :, :width], valid[:, :width])
+        except rasterio.errors.RasterioError as exc:
+            raise InputError(
+                f"{self.src.name} could not be read at rows {row}-{row + count} ({_first_line(exc)}); "
+                "the file may be truncated or damaged"
+            ) from exc
+        return raw, valid
 
 
 def _mask_source(src, mask: str) -> str:

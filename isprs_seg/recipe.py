@@ -18,6 +18,7 @@ import numpy as np
 from rasterio.enums import ColorInterp, Resampling
 
 from . import contract
+from ._tf import tensorflow
 from .errors import InputError
 from .raster import IsprsSegWarning
 
@@ -50,14 +51,18 @@ class InputRecipe:
     normalize: str = "unit"
     mask: str = "dataset"
 
-    def to_model(self, raw: np.ndarray) -> np.ndarray:
-        """Raw bands ``[len(bands), h, w]`` to model input ``[h, w, 3]``."""
-        scale = np.float32(1.0 / (self.high - self.low))
-        unit = [np.clip((raw[i].astype(np.float32) - np.float32(self.low)) * scale, 0, 1) for i in range(len(raw))]
-        if self.recipe == "pseudo-rgb":
-            image = np.stack([unit[0], unit[1], (unit[0] + unit[1]) * np.float32(0.5)], axis=-1)
-        else:
-            image = np.stack(unit[:3], axis=-1)
+    def to_model(self, raw):
+        """Raw patches ``[n, len(bands), h, w]`` to model input ``[n, h, w, 3]`` float32.
+
+        TensorFlow operations: this runs inside the model call, so the host hands over
+        the raw integers and does no per-pixel work.
+        """
+        tf = tensorflow()
+        x = (tf.cast(raw, tf.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        red, green = x[:, 0], x[:, 1]
+        third = (red + green) * 0.5 if self.recipe == "pseudo-rgb" else x[:, 2]
+        image = tf.stack([red, green, third], axis=-1)
         if self.normalize == "isprs":
             image = (image - np.float32(contract.ISPRS_MEAN)) / np.float32(contract.ISPRS_STD)
         return image
@@ -117,10 +122,15 @@ def _sample(src, bands: list[int]) -> np.ndarray:
     return src.read(bands, out_shape=shape, resampling=Resampling.nearest)
 
 
+#: Share of alpha values that must be 0 or the maximum for the band to be a mask
+#: (feathered edges and lossy compression leave a few values in between).
+_MASK_LIKE = 0.99
+
+
 def _alpha_is_a_mask(src, band: int) -> bool:
-    values = np.unique(_sample(src, [band]))
+    values = _sample(src, [band])
     top = np.iinfo(values.dtype).max if np.issubdtype(values.dtype, np.integer) else 1.0
-    return set(values.tolist()) <= {0, top}
+    return np.mean((values == 0) | (values == top)) >= _MASK_LIKE
 
 
 def _default_bands(src, recipe: str, alpha: int | None) -> tuple[int, ...]:
@@ -176,8 +186,8 @@ def resolve_recipe(
     mask = "dataset"
     if alpha is not None and not _alpha_is_a_mask(src, alpha):
         warnings.warn(
-            f"{src.name}: band {alpha} is flagged as alpha but holds more than 0 and the maximum "
-            "(near-infrared, as in NAIP files?): it is not used as a mask",
+            f"{src.name}: band {alpha} is flagged as alpha but most of its values lie between 0 and "
+            "the maximum (near-infrared, as in NAIP files?): it is not used as a mask",
             IsprsSegWarning,
         )
         mask = "nodata" if src.nodata is not None else "none"

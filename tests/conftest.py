@@ -72,11 +72,19 @@ def w48_dir(models_dir) -> Path:
     return _build(models_dir, "hrnet-w48", kind="hrnet-w48")
 
 
-def model_input(path: Path) -> np.ndarray:
-    """The whole image as model input [1, H, W, 3]: pseudo-RGB from bands 1-2, / 255."""
+def whole_image(model, path: Path, method: str = "predict") -> np.ndarray:
+    """Whole-image inference, the reference for tiled runs: the entire raster in one call.
+
+    The raw bands go through the same input recipe as in the pipeline (inside the model
+    call), so any difference from a tiled run comes from tiling and stitching alone.
+    """
+    from isprs_seg.recipe import resolve_recipe
+
     with rasterio.open(path) as src:
-        rg = src.read([1, 2]).astype(np.float32) / 255
-    return np.stack([rg[0], rg[1], (rg[0] + rg[1]) * 0.5], axis=-1)[None]
+        recipe = resolve_recipe(src)
+        raw = src.read(list(recipe.bands))[None]
+    run = model.predict if method == "predict" else model.features
+    return run(raw, 1, recipe)[0]
 
 
 def valid_mask(path: Path) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from conftest import HRO_ALPHA, HRO_PLAIN, ZANZIBAR, model_input, run_cli, valid_mask, write_crop
+from conftest import HRO_ALPHA, HRO_PLAIN, ZANZIBAR, whole_image, run_cli, valid_mask, write_crop
 from isprs_seg.pipeline import extract_features
 
 
@@ -27,7 +27,7 @@ def _relative_error(got, expected, valid):
 @pytest.mark.parametrize("shape", [(333, 517), (100, 150), (1000, 1000)])
 def test_features_match_whole_image_inference_on_the_stride_4_grid(tmp_path, small_model, shape, dtype, tolerance):
     src = write_crop(ZANZIBAR, tmp_path / "in.tif", *shape, row=1000 - shape[0], col=0)
-    expected = small_model.features(model_input(src))[0]
+    expected = whole_image(small_model, src, "features")
     result = extract_features(src, tmp_path / "f.tif", model=small_model, tile=128, overlap=64, dtype=dtype)
     with rasterio.open(src) as inp, rasterio.open(result.outputs[0]) as out:
         assert (out.height, out.width) == (-(-shape[0] // 4), -(-shape[1] // 4)) == expected.shape[:2]
@@ -44,7 +44,7 @@ def test_features_match_whole_image_inference_on_the_stride_4_grid(tmp_path, sma
 
 
 def test_invalid_feature_pixels_are_nan_and_valid_ones_exact(tmp_path, small_model):
-    expected = small_model.features(model_input(HRO_ALPHA))[0]
+    expected = whole_image(small_model, HRO_ALPHA, "features")
     valid = valid_mask(HRO_ALPHA)
     h, w = expected.shape[:2]
     padded = np.zeros((h * 4, w * 4), bool)
@@ -64,11 +64,12 @@ def test_feature_memory_does_not_grow_with_image_height(tmp_path, small_model):
     from test_predict import _tall_input
 
     inputs = {h: _tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 6144)}
-    extract_features(inputs[2048], tmp_path / "warm.tif", model=small_model, tile=256, overlap=64)
+    extract_features(inputs[2048], tmp_path / "warm.tif", model=small_model, tile=256, overlap=64, batch_size=1)
     peaks = {}
     for height, src in inputs.items():
         tracemalloc.start()
-        extract_features(src, tmp_path / f"f{height}.tif", model=small_model, tile=256, overlap=64)
+        # one patch per batch: the batches in flight between the threads weigh little
+        extract_features(src, tmp_path / f"f{height}.tif", model=small_model, tile=256, overlap=64, batch_size=1)
         peaks[height] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[6144] < 1.05 * peaks[2048], peaks

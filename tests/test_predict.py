@@ -17,7 +17,7 @@ from conftest import (
     HRO_PLAIN,
     POTSDAM_PNG,
     ZANZIBAR,
-    model_input,
+    whole_image,
     run_cli,
     valid_mask,
     write_crop,
@@ -41,7 +41,7 @@ CROPS = [(100, 150), (333, 517), (1000, 1000), (745, 261)]
 def test_tiled_equals_whole_image_inference(tmp_path, small_model, shape, blend, tolerance):
     """With a bounded receptive field, stitching must reproduce whole-image inference."""
     src = write_crop(ZANZIBAR, tmp_path / "in.tif", *shape, row=0, col=1000 - shape[1])
-    expected = small_model.predict(model_input(src))[0]
+    expected = whole_image(small_model, src)
     result = predict_raster(
         src, tmp_path / "out.tif", model=small_model, probabilities=True,
         tile=128, overlap=64, batch_size=3, blend=blend,
@@ -55,7 +55,7 @@ def test_tiled_equals_whole_image_inference(tmp_path, small_model, shape, blend,
 
 
 def test_default_geometry_on_a_full_orthophoto(tmp_path, small_model):
-    expected = small_model.predict(model_input(ZANZIBAR))[0]
+    expected = whole_image(small_model, ZANZIBAR)
     result = predict_raster(ZANZIBAR, tmp_path / "z.tif", model=small_model, probabilities=True)
     assert result.tile == contract.DEFAULT_TILE and result.tiles == 4
     diff = np.abs(_read_probabilities(result.outputs[1]) - expected).max()
@@ -106,7 +106,7 @@ def test_nodata_is_carried_through(tmp_path, small_model, path, dtype):
 
 def test_invalid_pixels_get_no_weight_but_valid_neighbours_are_exact(tmp_path, small_model):
     """Masked pixels do not leak into the result: valid pixels equal whole-image inference."""
-    expected = small_model.predict(model_input(HRO_ALPHA))[0]
+    expected = whole_image(small_model, HRO_ALPHA)
     valid = valid_mask(HRO_ALPHA)
     result = predict_raster(HRO_ALPHA, tmp_path / "a.tif", model=small_model, probabilities=True,
                             tile=128, overlap=64, blend="crop")
@@ -124,9 +124,9 @@ class _CountingModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def predict(self, images, batch_size=None):
+    def predict(self, images, batch_size=None, prepare=None):
         self.patches += len(images)
-        return self._model.predict(images, batch_size)
+        return self._model.predict(images, batch_size, prepare)
 
 
 def test_patches_without_valid_pixels_are_never_sent_to_the_model(tmp_path, small_model, monkeypatch):
@@ -169,8 +169,9 @@ def test_memory_does_not_grow_with_image_height(tmp_path, small_model):
     peaks = {}
     for height, src in inputs.items():
         tracemalloc.start()
+        # one patch per batch: the batches in flight between the threads weigh little
         predict_raster(src, tmp_path / f"t{height}.tif", model=small_model, probabilities=True,
-                       tile=256, overlap=64)
+                       tile=256, overlap=64, batch_size=1)
         peaks[height] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     # eight times the height, the same band of rows in memory (about 43 MB here)

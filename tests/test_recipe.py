@@ -90,13 +90,15 @@ def test_bit_depth_is_found_from_whole_image_statistics(tmp_path, rgb):
 
 
 def test_recipes_and_normalisation():
-    raw = np.array([[[0, 255]], [[255, 51]], [[10, 20]]], np.uint8)  # 3 bands, 1 x 2 pixels
-    pseudo = InputRecipe(bands=(1, 2)).to_model(raw[:2])
+    raw = np.array([[[[0, 255]], [[255, 51]], [[10, 20]]]], np.uint8)  # 1 patch, 3 bands, 1 x 2 pixels
+    pseudo = InputRecipe(bands=(1, 2)).to_model(raw[:, :2]).numpy()[0]
     np.testing.assert_allclose(pseudo[0, 0], [0, 1, 0.5])
     np.testing.assert_allclose(pseudo[0, 1], [1, 0.2, 0.6], rtol=1e-6)
-    rgb = InputRecipe(bands=(1, 2, 3), recipe="rgb").to_model(raw)
+    rgb = InputRecipe(bands=(1, 2, 3), recipe="rgb").to_model(raw).numpy()[0]
     np.testing.assert_allclose(rgb[0, 0], [0, 1, 10 / 255], rtol=1e-6)
-    isprs = InputRecipe(bands=(1, 2), normalize="isprs").to_model(raw[:2])
+    twelve = InputRecipe(bands=(1, 2), low=100, high=4196).to_model(np.array([[[[100, 5000]], [[2148, 0]]]], np.uint16))
+    np.testing.assert_allclose(twelve.numpy()[0, 0], [[0, 0.5, 0.25], [1, 0, 0.5]], rtol=1e-6)
+    isprs = InputRecipe(bands=(1, 2), normalize="isprs").to_model(raw[:, :2]).numpy()[0]
     from isprs_seg import contract
 
     expected = (np.array([0, 1, 0.5]) - contract.ISPRS_MEAN) / contract.ISPRS_STD
