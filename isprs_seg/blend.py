@@ -59,16 +59,23 @@ def profile(size: int, before: int, after: int, mode: str) -> np.ndarray:
 
 
 def patch_window(grid: Grid, row: int, col: int, mode: str, stride: int = 1) -> np.ndarray:
-    """2-D weights ``[h / stride, w / stride]`` of patch (``row``, ``col``) of ``grid``.
+    """2-D weights ``[h / stride, w / stride]`` of patch (``row``, ``col``) of ``grid`` (read-only).
 
     With ``stride`` > 1 the window is built at the output's lower resolution (patch
     sizes and overlaps are multiples of the lattice, hence of the stride), so the
-    weights of neighbouring patches still sum to one.
+    weights of neighbouring patches still sum to one. A grid has only a handful of
+    distinct windows (edges, corners, interior), each computed once.
     """
     (before_y, after_y), (before_x, after_x) = grid.rows.ramps(row), grid.cols.ramps(col)
-    wy = profile(grid.rows.size // stride, before_y // stride, after_y // stride, mode)
-    wx = profile(grid.cols.size // stride, before_x // stride, after_x // stride, mode)
-    return np.outer(wy, wx)
+    return _window(grid.rows.size // stride, before_y // stride, after_y // stride,
+                   grid.cols.size // stride, before_x // stride, after_x // stride, mode)
+
+
+@lru_cache(maxsize=32)
+def _window(height: int, top: int, bottom: int, width: int, left: int, right: int, mode: str) -> np.ndarray:
+    window = np.outer(profile(height, top, bottom, mode), profile(width, left, right, mode))
+    window.flags.writeable = False
+    return window
 
 
 class StreamingAccumulator:

@@ -455,6 +455,9 @@ def features(
 
 
 def main() -> None:
+    # Every block is read once and written once: GDAL's default cache (5 % of RAM) would
+    # only hold blocks that are never used again and grow with the image.
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:

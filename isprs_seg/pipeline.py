@@ -153,7 +153,12 @@ def _patches(source, grid: Grid, recipe: InputRecipe, blend: str, stride: int) -
     for i, y in enumerate(grid.rows.origins):
         raw, valid = reader.rows(y, th)
         for j, x in enumerate(grid.cols.origins):
-            weights = patch_window(grid, i, j, blend, stride) * _pool_valid(valid[:, x : x + tw], stride)
+            window = patch_window(grid, i, j, blend, stride)
+            patch_valid = valid[:, x : x + tw]
+            if patch_valid.all():
+                yield _Patch(y, x, raw[:, :, x : x + tw], window)
+                continue
+            weights = window * _pool_valid(patch_valid, stride)
             if not weights.any():
                 yield _Patch(y, x, None, None)
             else:

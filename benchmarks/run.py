@@ -1,0 +1,206 @@
+"""Benchmarks of isprs-seg's pipeline, printed as ratios measured in one run on this machine.
+
+    python benchmarks/run.py            # everything (about 15 minutes on 2 CPU cores)
+    python benchmarks/run.py --quick    # smaller inputs, no W48 stand-in
+
+Measures, with stand-in models built on the spot (isprs_seg.testing; random weights,
+the real interface and, for W48, the real compute cost):
+
+1. efficiency: end-to-end wall time of ``predict_raster`` over the model-only time for
+   the same patches (the same batches through the same model call, nothing else);
+2. memory: peak RSS on a tall input (2048 x 16384) over a square one (2048 x 2048);
+3. throughput in megapixels per second;
+4. against the whole-image approach a user might write with the ``tiler`` package (read
+   the whole image with rasterio, split, predict, merge with a window, argmax, write):
+   time and peak RSS at 4096 and 16384 px a side, on the same model.
+
+Each measurement runs in its own process, so peak RSS is that of one job. Inputs are
+built from a real orthophoto in ../shared/data (mirrored to the needed size). Needs
+``pip install tiler`` for (4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ORTHO = Path(os.environ.get("ISPRS_SEG_TEST_DATA", ROOT.parent / "shared" / "data")) / \
+    "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_pipeline(model_dir: str, image: str, out: str, model_only: bool) -> dict:
+    """predict_raster on one input; optionally the model-only time for the same patches first."""
+    from isprs_seg.grid import make_grid
+    from isprs_seg.model import load_model
+    from isprs_seg.pipeline import _patches, predict_raster
+    from isprs_seg.raster import open_input
+    from isprs_seg.recipe import resolve_recipe
+    from isprs_seg import contract
+
+    model = load_model(model_dir)
+    result: dict = {}
+    if model_only:
+        with open_input(image) as src:
+            recipe = resolve_recipe(src)
+            grid = make_grid(src.height, src.width, contract.DEFAULT_TILE, contract.DEFAULT_OVERLAP, 32)
+            raws = [p.raw for p in _patches(src, grid, recipe, "taper", 1) if p.raw is not None]
+        batches = [np.stack(raws[i : i + model.batch_size]) for i in range(0, len(raws), model.batch_size)]
+        started = time.perf_counter()
+        model.predict(batches[0], None, recipe)  # the one warm-up call the pipeline makes too
+        for batch in batches:
+            model.predict(batch, None, recipe)
+        result["model_seconds"] = time.perf_counter() - started
+        del raws, batches
+    started = time.perf_counter()
+    run = predict_raster(image, out, model=model)
+    result.update(seconds=time.perf_counter() - started, tiles=run.tiles, rss_mb=_peak_rss_mb(),
+                  megapixels=run.width * run.height / 1e6)
+    return result
+
+
+def child_whole(model_dir: str, image: str, out: str) -> dict:
+    """The whole-image approach with ``tiler``: everything in memory at full size."""
+    import rasterio
+    from tiler import Merger, Tiler
+
+    from isprs_seg.model import load_model
+
+    model = load_model(model_dir)
+    started = time.perf_counter()
+    with rasterio.open(image) as src:
+        profile = src.profile
+        rgb = src.read([1, 2]).astype(np.float32) / 255
+    image_array = np.stack([rgb[0], rgb[1], (rgb[0] + rgb[1]) / 2], axis=-1)
+    del rgb
+    tiles_in = Tiler(data_shape=image_array.shape, tile_shape=(768, 768, 3), overlap=128, channel_dimension=2)
+    tiles_out = Tiler(data_shape=(*image_array.shape[:2], 7), tile_shape=(768, 768, 7), overlap=128,
+                      channel_dimension=2)
+    merger = Merger(tiler=tiles_out, window="hann")
+    model.predict(np.zeros((1, 768, 768, 3), np.float32))  # warm-up
+    for batch_id, batch in tiles_in(image_array, batch_size=model.batch_size):
+        merger.add_batch(batch_id, model.batch_size, model.predict(batch))
+    classes = merger.merge(unpad=True, argmax=2).astype(np.uint8)
+    profile.update(count=1, dtype="uint8", compress="deflate", tiled=True, blockxsize=512, blockysize=512)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(classes[None])
+    return {"seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
+
+
+def _run_child(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "_child", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"benchmark step {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def make_input(path: Path, width: int, height: int) -> Path:
+    """A tiled GeoTIFF of ``width x height`` mirrored from a real orthophoto."""
+    import rasterio
+
+    with rasterio.open(ORTHO) as src:
+        tile, profile = src.read(), src.profile
+    block = np.concatenate([tile, tile[:, :, ::-1]], axis=2)
+    block = np.concatenate([block, block[:, ::-1]], axis=1)  # seamless 2000 x 2000
+    profile.update(width=width, height=height, tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", bigtiff="if_safer")
+    with rasterio.open(path, "w", **profile) as dst:
+        bh, bw = block.shape[1:]
+        for row in range(0, height, 1024):
+            rows = min(1024, height - row)
+            strip = np.tile(block, (1, -(-(row % bh + rows) // bh), -(-width // bw)))
+            dst.write(strip[:, row % bh : row % bh + rows, :width], window=((row, row + rows), (0, width)))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, no W48 stand-in")
+    parser.add_argument("--workdir", type=Path, help="keep inputs and models here (default: a temp dir)")
+    args = parser.parse_args()
+    from isprs_seg.testing.standins import build_standin
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="isprs-seg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# working in {work}", flush=True)
+    models = {"small": work / "small"}
+    if not args.quick:
+        models["w48"] = work / "w48"
+    for kind, path in models.items():
+        if not path.exists():
+            build_standin(path, "small" if kind == "small" else "hrnet-w48")
+    big = 4096 if args.quick else 16384
+    sizes = {"square": (2048, 2048), "tall": (2048, 8192 if args.quick else 16384), "4096": (4096, 4096),
+             str(big): (big, big)}
+    inputs = {}
+    for name, (w, h) in sizes.items():
+        inputs[name] = work / f"in_{w}x{h}.tif"
+        if not inputs[name].exists():
+            make_input(inputs[name], w, h)
+
+    out = work / "out.tif"
+    print("\n## 1. efficiency: end-to-end over model-only, same patches (best of 2)")
+    for kind, image in (("small", inputs["4096"]), ("w48", inputs["square"])):
+        if kind not in models:
+            continue
+        runs = [_run_child("pipeline", str(models[kind]), str(image), str(out), "1") for _ in range(2)]
+        e2e = min(r["seconds"] for r in runs)
+        model_only = min(r["model_seconds"] for r in runs)
+        mp = runs[0]["megapixels"]
+        print(f"{kind:6s} {image.name}: {runs[0]['tiles']} patches, end-to-end {e2e:.1f} s, model only "
+              f"{model_only:.1f} s, ratio {e2e / model_only:.2f}, throughput {mp / e2e:.2f} MP/s", flush=True)
+
+    print("\n## 2. memory: peak RSS, tall over square (small stand-in, median of 3 runs each)")
+    rss = {}
+    for name in ("square", "tall"):
+        runs = sorted(_run_child("pipeline", str(models["small"]), str(inputs[name]), str(out), "0")["rss_mb"]
+                      for _ in range(3))
+        rss[name] = runs[1]
+        print(f"{name:6s} {inputs[name].name}: {rss[name]:.0f} MB (runs: {', '.join(f'{r:.0f}' for r in runs)})")
+    print(f"ratio tall / square: {rss['tall'] / rss['square']:.2f}", flush=True)
+
+    print("\n## 3/4. isprs-seg against the whole-image approach with tiler (small stand-in)")
+    try:
+        import tiler  # noqa: F401
+    except ImportError:
+        print("tiler is not installed (pip install tiler): skipped")
+        return
+    for name in ("4096", str(big)):
+        ours = _run_child("pipeline", str(models["small"]), str(inputs[name]), str(out), "0")
+        whole = _run_child("whole", str(models["small"]), str(inputs[name]), str(work / "whole.tif"))
+        print(f"{name} px: isprs-seg {ours['seconds']:.1f} s, {ours['rss_mb']:.0f} MB, "
+              f"{ours['megapixels'] / ours['seconds']:.2f} MP/s; tiler whole-image {whole['seconds']:.1f} s, "
+              f"{whole['rss_mb']:.0f} MB; time ratio {whole['seconds'] / ours['seconds']:.2f}x, memory ratio "
+              f"{whole['rss_mb'] / ours['rss_mb']:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        os.environ.setdefault("GDAL_CACHEMAX", "256")  # as the command line does
+        step, rest = sys.argv[2], sys.argv[3:]
+        if step == "pipeline":
+            report = child_pipeline(rest[0], rest[1], rest[2], rest[3] == "1")
+        else:
+            report = child_whole(*rest)
+        print(json.dumps(report))
+    else:
+        main()
