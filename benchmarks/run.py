@@ -45,8 +45,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_pipeline(model_dir: str, image: str, out: str, model_only: bool) -> dict:
-    """predict_raster on one input; optionally the model-only time for the same patches first."""
+def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dict:
+    """predict_raster on one input; with ``model_only`` "1" (before) or "2" (after), also the
+    model-only time for the same patches, alternating the order to cancel warm-up effects."""
     from isprs_seg.grid import make_grid
     from isprs_seg.model import load_model
     from isprs_seg.pipeline import _patches, predict_raster
@@ -56,7 +57,16 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: bool) -> di
 
     model = load_model(model_dir)
     result: dict = {}
-    if model_only:
+
+    def end_to_end() -> None:
+        started = time.perf_counter()
+        run = predict_raster(image, out, model=model)
+        result.update(seconds=time.perf_counter() - started, tiles=run.tiles,
+                      megapixels=run.width * run.height / 1e6)
+
+    if model_only == "2":
+        end_to_end()
+    if model_only != "0":
         with open_input(image) as src:
             recipe = resolve_recipe(src)
             grid = make_grid(src.height, src.width, contract.DEFAULT_TILE, contract.DEFAULT_OVERLAP, 32)
@@ -68,10 +78,9 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: bool) -> di
             model.predict(batch, None, recipe)
         result["model_seconds"] = time.perf_counter() - started
         del raws, batches
-    started = time.perf_counter()
-    run = predict_raster(image, out, model=model)
-    result.update(seconds=time.perf_counter() - started, tiles=run.tiles, rss_mb=_peak_rss_mb(),
-                  megapixels=run.width * run.height / 1e6)
+    if model_only != "2":
+        end_to_end()
+    result["rss_mb"] = _peak_rss_mb()
     return result
 
 
@@ -103,11 +112,41 @@ def child_whole(model_dir: str, image: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
 
 
+def _memory_total_mb() -> float:
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1]) / 1024
+
+
+def _peak_of(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _run_child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "_child", *args], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"benchmark step {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One measurement in its own process. A child that outgrows 90 % of the machine's
+    memory is stopped (before the kernel's OOM killer picks a process) and reported."""
+    limit = 0.9 * _memory_total_mb()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "_child", *args], stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _peak_of(proc.pid))
+            if peak > limit:
+                proc.kill()
+                proc.wait()
+                return {"failed": f"stopped at {peak / 1024:.1f} GB, out of memory", "rss_mb": peak}
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            return {"failed": f"exit {proc.returncode}: {err.read()[-300:].strip()}", "rss_mb": peak}
+        return json.loads(out.read().strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- setup
@@ -162,7 +201,7 @@ def main() -> None:
     for kind, image in (("small", inputs["4096"]), ("w48", inputs["square"])):
         if kind not in models:
             continue
-        runs = [_run_child("pipeline", str(models[kind]), str(image), str(out), "1") for _ in range(2)]
+        runs = [_run_child("pipeline", str(models[kind]), str(image), str(out), order) for order in ("1", "2")]
         e2e = min(r["seconds"] for r in runs)
         model_only = min(r["model_seconds"] for r in runs)
         mp = runs[0]["megapixels"]
@@ -187,10 +226,15 @@ def main() -> None:
     for name in ("4096", str(big)):
         ours = _run_child("pipeline", str(models["small"]), str(inputs[name]), str(out), "0")
         whole = _run_child("whole", str(models["small"]), str(inputs[name]), str(work / "whole.tif"))
-        print(f"{name} px: isprs-seg {ours['seconds']:.1f} s, {ours['rss_mb']:.0f} MB, "
-              f"{ours['megapixels'] / ours['seconds']:.2f} MP/s; tiler whole-image {whole['seconds']:.1f} s, "
-              f"{whole['rss_mb']:.0f} MB; time ratio {whole['seconds'] / ours['seconds']:.2f}x, memory ratio "
-              f"{whole['rss_mb'] / ours['rss_mb']:.1f}x", flush=True)
+        line = (f"{name} px: isprs-seg {ours['seconds']:.1f} s, {ours['rss_mb']:.0f} MB, "
+                f"{ours['megapixels'] / ours['seconds']:.2f} MP/s; tiler whole-image ")
+        if "failed" in whole:
+            line += (f"did not finish ({whole['failed']}); memory ratio at least "
+                     f"{whole['rss_mb'] / ours['rss_mb']:.1f}x")
+        else:
+            line += (f"{whole['seconds']:.1f} s, {whole['rss_mb']:.0f} MB; time ratio "
+                     f"{whole['seconds'] / ours['seconds']:.2f}x, memory ratio {whole['rss_mb'] / ours['rss_mb']:.1f}x")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
@@ -198,7 +242,7 @@ if __name__ == "__main__":
         os.environ.setdefault("GDAL_CACHEMAX", "256")  # as the command line does
         step, rest = sys.argv[2], sys.argv[3:]
         if step == "pipeline":
-            report = child_pipeline(rest[0], rest[1], rest[2], rest[3] == "1")
+            report = child_pipeline(*rest)
         else:
             report = child_whole(*rest)
         print(json.dumps(report))

@@ -81,18 +81,33 @@ def _window(height: int, top: int, bottom: int, width: int, left: int, right: in
 class StreamingAccumulator:
     """Weighted sums over a band of rows that slides down the image.
 
-    Holds ``band_rows`` rows of ``width x channels`` float32 sums plus a weight sum:
-    memory depends on the patch height and the image width, never on the image height.
-    Patches must arrive in row order of their origins; :meth:`release` hands back the
-    finished rows above a given row and slides the band down.
+    Holds ``band_rows`` rows of ``width x channels`` float32 sums plus a weight sum in a
+    ring (image row ``r`` lives in band row ``r % band_rows``), so sliding the band down
+    moves no data: memory depends on the patch height and the image width, never on
+    the image height. Patches must arrive in row order of their origins; :meth:`release`
+    hands back the finished rows above a given row in chunks of bounded size.
     """
+
+    #: Values per released chunk, at most (bounds the temporary arrays of consumers).
+    CHUNK_VALUES = 8_000_000
 
     def __init__(self, height: int, width: int, channels: int, band_rows: int):
         self.height, self.width, self.channels = height, width, channels
         self.band_rows = band_rows
-        self.top = 0  # image row held in band row 0
+        self.top = 0  # first image row not yet released
         self.sums = np.zeros((band_rows, width, channels), np.float32)
         self.weights = np.zeros((band_rows, width), np.float32)
+        self.chunk_rows = max(1, min(band_rows, self.CHUNK_VALUES // max(1, width * channels)))
+        self._buffer: np.ndarray | None = None
+
+    def _segments(self, row: int, count: int) -> Iterator[tuple[int, int, int]]:
+        """(band row, offset into the request, rows) pieces of image rows [row, row + count)."""
+        done = 0
+        while done < count:
+            start = (row + done) % self.band_rows
+            n = min(count - done, self.band_rows - start)
+            yield start, done, n
+            done += n
 
     def add(self, y: int, x: int, values: np.ndarray, weights: np.ndarray) -> None:
         """Add ``weights * values`` of a patch whose top-left pixel is at (``y``, ``x``)."""
@@ -102,21 +117,21 @@ class StreamingAccumulator:
             raise ValueError(f"patch at row {y} is outside the band of rows from {self.top}")
         if h <= 0 or w <= 0:
             return
-        r = y - self.top
         wgt = weights[:h, :w]
-        scratch = self._scratch(values.shape)[:h, :w]
-        np.multiply(values[:h, :w], wgt[..., None], out=scratch)
-        self.sums[r : r + h, x : x + w] += scratch
-        self.weights[r : r + h, x : x + w] += wgt
+        weighted = self._scratch(values.shape)[:h, :w]
+        np.multiply(values[:h, :w], wgt[..., None], out=weighted)
+        for start, offset, n in self._segments(y, h):
+            self.sums[start : start + n, x : x + w] += weighted[offset : offset + n]
+            self.weights[start : start + n, x : x + w] += wgt[offset : offset + n]
 
     def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
         """A reused buffer for one patch's weighted values (no allocation per patch)."""
-        if getattr(self, "_buffer", None) is None or self._buffer.shape != shape:
+        if self._buffer is None or self._buffer.shape != shape:
             self._buffer = np.empty(shape, np.float32)
         return self._buffer
 
     def release(self, until: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Finish rows ``[top, until)``, in chunks of at most ``band_rows`` rows.
+        """Finish rows ``[top, until)``, in chunks of at most :attr:`chunk_rows` rows.
 
         Yields (first row, values, valid): ``values`` is ``[rows, width, channels]``
         float32 (the weighted mean, 0 where there is no weight) and ``valid`` is
@@ -126,16 +141,16 @@ class StreamingAccumulator:
         if until < self.top:
             raise ValueError(f"rows up to {until} were already released (band at {self.top})")
         while self.top < until:
-            n = min(until - self.top, self.band_rows)
             first = self.top
-            weights = self.weights[:n]
-            valid = weights > 0
-            values = np.zeros((n, self.width, self.channels), np.float32)
-            np.divide(self.sums[:n], weights[..., None], out=values, where=valid[..., None])
-            keep = self.band_rows - n
-            self.sums[:keep] = self.sums[n:]
-            self.weights[:keep] = self.weights[n:]
-            self.sums[keep:] = 0
-            self.weights[keep:] = 0
-            self.top += n
+            count = min(until - first, self.chunk_rows)
+            values = np.zeros((count, self.width, self.channels), np.float32)
+            valid = np.zeros((count, self.width), bool)
+            for start, offset, n in self._segments(first, count):
+                weights = self.weights[start : start + n]
+                np.greater(weights, 0, out=valid[offset : offset + n])
+                np.divide(self.sums[start : start + n], weights[..., None], out=values[offset : offset + n],
+                          where=valid[offset : offset + n, :, None])
+                self.sums[start : start + n] = 0
+                self.weights[start : start + n] = 0
+            self.top += count
             yield first, values, valid

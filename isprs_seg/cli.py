@@ -141,13 +141,12 @@ MODEL_HELP = (
 )
 
 
-def _load(handle: Optional[str], batch_size: Optional[int] = None):
+def _load(handle: Optional[str], batch_size: int = contract.DEFAULT_BATCH_SIZE, device: Optional[str] = None,
+          precision: str = "float32", xla: bool = False):
     from .model import load_model
 
     with _reported(EXIT_USAGE):
-        if batch_size is None:
-            return load_model(handle)
-        return load_model(handle, batch_size=batch_size)
+        return load_model(handle, batch_size, device=device, precision=precision, xla=xla)
 
 
 # --------------------------------------------------------------------------- model
@@ -345,6 +344,11 @@ SCALE = typer.Option("auto", "--scale", metavar="auto|MAX|MIN,MAX",
                      help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")
 NORMALIZE = typer.Option("unit", "--normalize", metavar="unit|isprs",
                          help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")
+DEVICE = typer.Option(None, "--device", metavar="DEVICE",
+                      help="cpu, gpu, gpu:1 ... [default: the first GPU if there is one, else the CPU].")
+PRECISION = typer.Option("float32", "--precision", metavar="float32|mixed",
+                         help="mixed: automatic mixed precision (float16 on GPUs with tensor cores).")
+XLA = typer.Option(False, "--xla", help="Compile the model call with XLA.")
 GSD = typer.Option(None, "--gsd", metavar="METRES",
                    help="Run the model at this ground sampling distance (trained at 0.05-0.09 m); "
                         "outputs stay on the input's grid.")
@@ -369,6 +373,9 @@ def predict(
     scale: str = SCALE,
     normalize: str = NORMALIZE,
     gsd: Optional[float] = GSD,
+    device: Optional[str] = DEVICE,
+    precision: str = PRECISION,
+    xla: bool = XLA,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -385,7 +392,7 @@ def predict(
          if probabilities else None]
         for path, main in zip(paths, mains)
     ]
-    loaded = _load(model, batch_size)
+    loaded = _load(model, batch_size, device, precision, xla)
 
     def work(path: str, outputs: List[Path], progress):
         return predict_raster(
@@ -422,6 +429,9 @@ def features(
     scale: str = SCALE,
     normalize: str = NORMALIZE,
     gsd: Optional[float] = GSD,
+    device: Optional[str] = DEVICE,
+    precision: str = PRECISION,
+    xla: bool = XLA,
     quiet: bool = QUIET,
     as_json: bool = JSON,
     overwrite: bool = OVERWRITE,
@@ -441,7 +451,7 @@ def features(
          Path(preview.replace("{stem}", input_stem(path))) if preview else None]
         for path, main in zip(paths, mains)
     ]
-    loaded = _load(model, batch_size)
+    loaded = _load(model, batch_size, device, precision, xla)
 
     def work(path: str, outputs: List[Optional[Path]], progress):
         return extract_features(

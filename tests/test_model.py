@@ -192,3 +192,25 @@ def test_fetch_then_use_offline(tmp_path, small_dir, monkeypatch):
     assert data["classes"][2]["color"] == "#0000ff"
     again = run_cli("model", "fetch", "--model", str(archive), "--to", str(dest), env=env)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_device_precision_and_xla_options_give_the_same_results_on_the_cpu(small_dir, small_model):
+    import tensorflow as tf
+
+    images = _images(2, 64, 96)
+    expected = small_model.predict(images)
+    on_cpu = load_model(small_dir, device="cpu")
+    assert on_cpu.device == "/CPU:0"
+    np.testing.assert_array_equal(on_cpu.predict(images), expected)
+    compiled = load_model(small_dir, xla=True)
+    np.testing.assert_allclose(compiled.predict(images), expected, atol=1e-5)
+    np.testing.assert_allclose(compiled.features(images), small_model.features(images), atol=1e-4)
+    try:
+        mixed = load_model(small_dir, precision="mixed")
+        np.testing.assert_allclose(mixed.predict(images), expected, atol=1e-5)
+    finally:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": False})
+    with pytest.raises(ModelError, match="not available here"):
+        load_model(small_dir, device="gpu:3")
+    with pytest.raises(ModelError, match="precision"):
+        load_model(small_dir, precision="half")
