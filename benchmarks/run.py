@@ -128,6 +128,19 @@ def _peak_of(pid: int) -> float:
     return 0.0
 
 
+def child_model(model_dir: str) -> dict:
+    """The model alone: loaded, then three batches of default patches (its own peak memory)."""
+    from isprs_seg import contract
+    from isprs_seg.model import load_model
+    from isprs_seg.recipe import InputRecipe
+
+    model = load_model(model_dir)
+    raw = np.zeros((model.batch_size, 2, contract.DEFAULT_TILE, contract.DEFAULT_TILE), np.uint8)
+    for _ in range(3):
+        model.predict(raw, None, InputRecipe())
+    return {"rss_mb": _peak_rss_mb()}
+
+
 def _run_child(*args: str) -> dict:
     """One measurement in its own process. A child that outgrows 90 % of the machine's
     memory is stopped (before the kernel's OOM killer picks a process) and reported."""
@@ -223,15 +236,24 @@ def main() -> None:
     except ImportError:
         print("tiler is not installed (pip install tiler): skipped")
         return
+    alone = _run_child("model", str(models["small"]))["rss_mb"]
+    print(f"the model alone (TensorFlow, weights, one batch of activations): {alone:.0f} MB")
+    per_pixel = None
     for name in ("4096", str(big)):
         ours = _run_child("pipeline", str(models["small"]), str(inputs[name]), str(out), "0")
         whole = _run_child("whole", str(models["small"]), str(inputs[name]), str(work / "whole.tif"))
+        pixels = sizes[name][0] * sizes[name][1]
         line = (f"{name} px: isprs-seg {ours['seconds']:.1f} s, {ours['rss_mb']:.0f} MB, "
                 f"{ours['megapixels'] / ours['seconds']:.2f} MP/s; tiler whole-image ")
         if "failed" in whole:
             line += (f"did not finish ({whole['failed']}); memory ratio at least "
                      f"{whole['rss_mb'] / ours['rss_mb']:.1f}x")
+            if per_pixel:
+                needed = alone + per_pixel * pixels
+                line += (f", about {needed / ours['rss_mb']:.0f}x by the {per_pixel * 1e6 / 1024:.0f} MB per "
+                         f"megapixel it used at 4096 px (it would need about {needed / 1024:.0f} GB)")
         else:
+            per_pixel = (whole["rss_mb"] - alone) / pixels
             line += (f"{whole['seconds']:.1f} s, {whole['rss_mb']:.0f} MB; time ratio "
                      f"{whole['seconds'] / ours['seconds']:.2f}x, memory ratio {whole['rss_mb'] / ours['rss_mb']:.1f}x")
         print(line, flush=True)
@@ -239,12 +261,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        os.environ.setdefault("GDAL_CACHEMAX", "256")  # as the command line does
+        os.environ.setdefault("GDAL_CACHEMAX", "64")  # as the command line does
         step, rest = sys.argv[2], sys.argv[3:]
-        if step == "pipeline":
-            report = child_pipeline(*rest)
-        else:
-            report = child_whole(*rest)
+        report = {"pipeline": child_pipeline, "whole": child_whole, "model": child_model}[step](*rest)
         print(json.dumps(report))
     else:
         main()

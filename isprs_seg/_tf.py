@@ -7,6 +7,8 @@ discovery run with that descriptor captured (:mod:`isprs_seg._native`).
 
 from __future__ import annotations
 
+import os
+
 from ._native import native_stderr_captured
 
 _tf = None
@@ -23,6 +25,7 @@ def tensorflow():
             for gpu in tf.config.list_physical_devices("GPU"):
                 # take GPU memory as needed, not all of it up front (shared servers)
                 tf.config.experimental.set_memory_growth(gpu, True)
-        tf.get_logger().setLevel("ERROR")
+        if not os.environ.get("ISPRS_SEG_DEBUG"):
+            tf.get_logger().setLevel("ERROR")
         _tf = tf
     return _tf

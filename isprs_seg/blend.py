@@ -143,13 +143,14 @@ class StreamingAccumulator:
         while self.top < until:
             first = self.top
             count = min(until - first, self.chunk_rows)
-            values = np.zeros((count, self.width, self.channels), np.float32)
-            valid = np.zeros((count, self.width), bool)
+            values = np.empty((count, self.width, self.channels), np.float32)
+            valid = np.empty((count, self.width), bool)
             for start, offset, n in self._segments(first, count):
                 weights = self.weights[start : start + n]
                 np.greater(weights, 0, out=valid[offset : offset + n])
-                np.divide(self.sums[start : start + n], weights[..., None], out=values[offset : offset + n],
-                          where=valid[offset : offset + n, :, None])
+                # where no weight arrived the sums are 0 too, and 0 / tiny is the 0 we want
+                divisor = np.maximum(weights, np.float32(1e-30))
+                np.divide(self.sums[start : start + n], divisor[..., None], out=values[offset : offset + n])
                 self.sums[start : start + n] = 0
                 self.weights[start : start + n] = 0
             self.top += count

@@ -128,6 +128,7 @@ def _main(
     _state["debug"] = debug
     if debug:
         os.environ["ISPRS_SEG_DEBUG"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow is imported later, on first use
     else:
         warnings.showwarning = _print_warning
         # GDAL's own error printer would add raw lines next to our one-sentence errors;
@@ -228,6 +229,10 @@ def _plan(inputs: List[str], output: Optional[Path], out_dir: Optional[Path], su
     if output:
         if len(inputs) > 1:
             _fail(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir", EXIT_USAGE)
+        from .raster import check_output_path
+
+        with _reported(EXIT_USAGE):
+            check_output_path(output)
         return [output]
     if not out_dir:
         _fail("give -o OUT.tif for one input or --out-dir DIR", EXIT_USAGE)
@@ -275,12 +280,14 @@ def _run_batch(
     """
     failed = 0
     for path, outputs in zip(paths, planned):
-        record = {"input": path, "status": "ok", "outputs": [], "error": None, **settings}
+        # every key in every record, null where it does not apply, for tools that read them
+        record = {"input": path, "status": "ok", "outputs": [], "error": None, "width": None, "height": None,
+                  "tiles": None, "skipped_tiles": None, **settings, "seconds": None, "class_fractions": None}
         started = time.perf_counter()
         expected = [p for p in outputs if p is not None]
         if not overwrite and all(p.is_file() for p in expected):
-            record.update(status="skipped", outputs=[str(p) for p in expected])
-            if not as_json:
+            record.update(status="skipped", outputs=[str(p) for p in expected], seconds=0.0)
+            if not as_json and not quiet:
                 print(f"isprs-seg: {path}: skipped, its outputs exist (--overwrite to redo)", file=sys.stderr)
         else:
             try:
@@ -295,6 +302,7 @@ def _run_batch(
             else:
                 record.update({k: v for k, v in asdict(result).items() if k != "input"})
                 record["seconds"] = round(record["seconds"], 3)
+                record["class_fractions"] = record["class_fractions"] or None  # features: none
                 if not as_json:
                     for written in result.outputs:
                         print(written, flush=True)
@@ -451,7 +459,15 @@ def features(
          Path(preview.replace("{stem}", input_stem(path))) if preview else None]
         for path, main in zip(paths, mains)
     ]
+    with _reported(EXIT_USAGE):
+        if pool:
+            from .embeddings import parse_pool_spec, require_pyogrio
+
+            parse_pool_spec(pool)
+            require_pyogrio()
     loaded = _load(model, batch_size, device, precision, xla)
+    with _reported(EXIT_USAGE):
+        loaded.check_features()
 
     def work(path: str, outputs: List[Optional[Path]], progress):
         return extract_features(
@@ -467,7 +483,7 @@ def features(
 def main() -> None:
     # Every block is read once and written once: GDAL's default cache (5 % of RAM) would
     # only hold blocks that are never used again and grow with the image.
-    os.environ.setdefault("GDAL_CACHEMAX", "256")
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:

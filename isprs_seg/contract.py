@@ -40,9 +40,6 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 #: Class raster value for pixels without a valid input pixel.
 CLASS_NODATA = 255
 
-#: Feature channels of ``get_features``: HRNetV2 concatenation 48 + 96 + 192 + 384.
-FEATURE_CHANNELS = 720
-
 #: The deepest HRNet branch runs at 1/32 of the input resolution: patch origins on
 #: this lattice see the same sampling phase everywhere.
 NETWORK_STRIDE = 32

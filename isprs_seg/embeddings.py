@@ -25,34 +25,49 @@ PREVIEW_SIDE = 1024
 PCA_SAMPLES = 20000
 
 
-def parse_pool_size(value: str | float, src) -> tuple[int, int]:
+def parse_pool_spec(value: str | float) -> tuple[float, str]:
+    """``"10"``/``"10m"`` -> (10.0, "m"); ``"256px"`` -> (256.0, "px"). Checked before any work."""
+    text = str(value).strip().lower()
+    unit = "px" if text.endswith("px") else "m"
+    number = text[:-2] if unit == "px" else (text[:-1] if text.endswith("m") else text)
+    try:
+        size = float(number)
+    except ValueError:
+        raise InputError(f"--pool must be a size in metres (10, 10m) or pixels (256px), got {value!r}") from None
+    if not (size > 0 and math.isfinite(size)):
+        raise InputError(f"--pool must be a positive size, got {value!r}")
+    return size, unit
+
+
+def require_pyogrio() -> None:
+    """--pool writes GeoPackages with pyogrio, an optional dependency."""
+    try:
+        import pyogrio  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "--pool writes a GeoPackage with pyogrio, which is not installed: pip install 'isprs-seg[pool]'"
+        ) from None
+
+
+def pool_cell(value: str | float, src) -> tuple[int, int]:
     """Cell size ``(rows, cols)`` in input pixels, a multiple of the feature stride (4).
 
     ``value``: metres (``"10"``, ``"10m"``; needs a projected CRS) or pixels (``"256px"``).
     The size is rounded to whole feature pixels; a warning says so when it changes.
     """
-    text = str(value).strip().lower()
-    try:
-        if text.endswith("px"):
-            pixels = float(text[:-2])
-            wanted = (pixels, pixels)
-            unit = "px"
-        else:
-            metres = float(text[:-1] if text.endswith("m") else text)
-            crs = src.crs
-            if crs is None or not crs.is_projected or not is_georeferenced(src):
-                raise InputError(
-                    f"--pool {value} is in metres but {src.name} has no projected CRS: give the "
-                    "cell size in pixels instead, e.g. --pool 256px"
-                )
-            to_metres = crs.linear_units_factor[1]
-            a, _, _, _, e, _ = src.transform[:6]
-            wanted = (metres / (abs(e) * to_metres), metres / (abs(a) * to_metres))
-            unit = "m"
-    except ValueError:
-        raise InputError(f"--pool must be a size in metres (10, 10m) or pixels (256px), got {value!r}") from None
-    if min(wanted) <= 0 or not all(math.isfinite(w) for w in wanted):
-        raise InputError(f"--pool must be positive, got {value!r}")
+    size, unit = parse_pool_spec(value)
+    if unit == "px":
+        wanted = (size, size)
+    else:
+        crs = src.crs
+        if crs is None or not crs.is_projected or not is_georeferenced(src):
+            raise InputError(
+                f"--pool {value} is in metres but {src.name} has no projected CRS: give the "
+                "cell size in pixels instead, e.g. --pool 256px"
+            )
+        to_metres = crs.linear_units_factor[1]
+        a, _, _, _, e, _ = src.transform[:6]
+        wanted = (size / (abs(e) * to_metres), size / (abs(a) * to_metres))
     cell = tuple(max(4, int(round(w / 4)) * 4) for w in wanted)
     if any(abs(c - w) > 0.01 * w for c, w in zip(cell, wanted)):
         warnings.warn(
@@ -80,13 +95,7 @@ class CellPooler:
     """
 
     def __init__(self, path: Path, src, cell: tuple[int, int], stride: int, height: int, width: int, channels: int):
-        try:
-            import pyogrio  # noqa: F401
-        except ImportError:
-            raise InputError(
-                "--pool writes a GeoPackage with pyogrio, which is not installed: "
-                "pip install 'isprs-seg[pool]'"
-            ) from None
+        require_pyogrio()
         self.path, self.stride = path, stride
         self.cell_rows, self.cell_cols = cell[0] // stride, cell[1] // stride  # in feature pixels
         self.cell_px = cell

@@ -130,8 +130,8 @@ def _download(url: str) -> Path:
     tensorflow()
     import tensorflow_hub as hub
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
     try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
         with _hub_environment():
             return Path(hub.resolve(url))
     except Exception as exc:  # urllib, tarfile, tf.errors: all mean the same to the user
@@ -150,21 +150,36 @@ def _unpack(archive: Path) -> Path:
     target = root / f"archive-{key}"
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    tmp = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            _extract(tar, tmp)
         try:
             tmp.rename(target)
         except OSError:
             if not target.is_dir():  # not a lost race with another process
                 raise
     except (OSError, tarfile.TarError) as exc:
-        raise ModelError(f"could not unpack the model archive {archive} ({_reason(exc)})") from exc
+        raise ModelError(f"could not unpack the model archive {archive} into {root} ({_reason(exc)})") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _extract(tar: tarfile.TarFile, destination: Path) -> None:
+    """Extract safely: no absolute paths, no ``..``, no links leaving the destination."""
+    if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
+        tar.extractall(destination, filter="data")
+        return
+    root = destination.resolve()
+    for member in tar.getmembers():
+        target = (destination / member.name).resolve()
+        if root not in (target, *target.parents) or member.issym() or member.islnk():
+            raise tarfile.TarError(f"unsafe member {member.name!r}")
+    tar.extractall(destination)
 
 
 def _saved_model_root(path: Path, handle: str) -> Path:
@@ -187,9 +202,10 @@ def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ModelError(f"{dest} already exists and is not an empty directory")
     model = load_model(handle)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         shutil.copytree(model.source.path, tmp, dirs_exist_ok=True)
         if dest.exists():
             dest.rmdir()
@@ -197,7 +213,8 @@ def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
     except OSError as exc:
         raise ModelError(f"could not write the model to {dest} ({_reason(exc)})") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return model
 
 
@@ -321,11 +338,13 @@ class Model:
 
     def features(self, images: np.ndarray, batch_size: int | None = None, prepare=None) -> np.ndarray:
         """Feature maps ``[n, ceil(h/4), ceil(w/4), channels]``; arguments as :meth:`predict`."""
-        if self.feature_channels is None:
-            raise ModelError(
-                f"model {self.handle} has no get_features method, so it cannot produce features"
-            )
+        self.check_features()
         return self._run("get_features", images, batch_size, prepare)
+
+    def check_features(self) -> None:
+        """Raise the clear error for a model without ``get_features``."""
+        if self.feature_channels is None:
+            raise ModelError(f"model {self.handle} has no get_features method, so it cannot produce features")
 
     def warm_up(self, sample: np.ndarray, batch_size: int | None = None, prepare=None,
                 method: str = "predict") -> None:
@@ -356,7 +375,7 @@ class Model:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def _call(self, method: str, prepare=None):
-        key = (method, prepare)
+        key = (method, prepare.graph_key if prepare is not None else None)
         if key not in self._calls:
             tf = tensorflow()
 

@@ -121,6 +121,8 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def _check_outputs(input, finals: Sequence[Path]) -> None:
+    if len({p.resolve() for p in finals}) < len(finals):
+        raise OutputError(f"two outputs would be written to the same file: {', '.join(map(str, finals))}")
     for path in finals:
         check_output_path(path)
         if str(input) == str(path) or (Path(input).exists() and Path(input).resolve() == path.resolve()):
@@ -222,9 +224,23 @@ def _get(q: queue.Queue, stop: threading.Event, peer: _Stage | None = None):
             if peer is not None and peer.error is not None:
                 raise peer.error
             if peer is not None and not peer.is_alive():
-                raise RuntimeError(f"{peer.name} ended without finishing")
+                try:  # it may have put its last item just after the timeout
+                    return q.get_nowait()
+                except queue.Empty:
+                    raise RuntimeError(f"{peer.name} ended without finishing") from None
             if stop.is_set():
                 raise _Stopped()
+
+
+def _join(*stages: _Stage) -> None:
+    """Wait for the stages to end, even through a second Ctrl-C: the datasets they use
+    are closed only after this returns."""
+    for stage in stages:
+        while stage.is_alive():
+            try:
+                stage.join()
+            except BaseException:  # noqa: BLE001 - the first interruption is already on its way
+                continue
 
 
 def _stream(
@@ -258,25 +274,28 @@ def _stream(
             batch.append(patch)
             counts["tiles"] += 1
             if len(batch) == batch_size:
-                _put(to_model, _Batch(batch, np.stack([p.raw for p in batch]), skipped), stop)
+                _put(to_model, _batch_of(batch, skipped), stop)
                 batch, skipped = [], 0
         if batch or skipped:
-            raw = np.stack([p.raw for p in batch]) if batch else None
-            _put(to_model, _Batch(batch, raw, skipped), stop)
+            _put(to_model, _batch_of(batch, skipped), stop)
         _put(to_model, _DONE, stop)
 
     def blend_and_write() -> None:
         height, width = -(-grid.height // stride), -(-grid.width // stride)
         acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
+        def release(until: int) -> None:
+            for chunk in acc.release(until):
+                if stop.is_set():
+                    raise _Stopped()
+                consume(*chunk)
+
         while (batch := _get(to_blend, stop)) is not _DONE:
             for patch, values in zip(batch.patches, batch.outputs):
                 row = patch.y // stride
-                for chunk in acc.release(row):
-                    consume(*chunk)
+                release(row)
                 acc.add(row, patch.x // stride, values, patch.weights)
             bar.update(len(batch.patches) + batch.skipped)
-        for chunk in acc.release(height):
-            consume(*chunk)
+        release(height)
 
     reader = _Stage(read, "isprs-seg-reader")
     writer = _Stage(blend_and_write, "isprs-seg-blender")
@@ -292,11 +311,18 @@ def _stream(
             raise writer.error
     except BaseException:
         stop.set()
-        reader.join()
-        writer.join()
+        _join(reader, writer)
         raise
-    reader.join()
+    _join(reader)
     return counts["tiles"], counts["skipped"]
+
+
+def _batch_of(patches: list[_Patch], skipped: int) -> _Batch:
+    """Stack the raw patches for the model and let go of the row bands they came from."""
+    raw = np.stack([p.raw for p in patches]) if patches else None
+    for patch in patches:
+        patch.raw = None
+    return _Batch(patches, raw, skipped)
 
 
 @dataclass
@@ -319,33 +345,34 @@ class _Job:
         dtype = self.src.dtypes[self.recipe.bands[0] - 1]
         return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
 
-    def sink(self, stride: int, consume: RowsConsumer) -> tuple[RowsConsumer, Callable[[], None]]:
+    @contextlib.contextmanager
+    def sink(self, stride: int, consume: RowsConsumer) -> Iterator[RowsConsumer]:
         """Where the engine's rows go: straight to ``consume``, or regridded onto the input's grid.
 
-        The regridder reads the input's validity from its own dataset handle: it runs in
-        the blend thread while the reader thread uses ``src``.
+        The regridder reads the input's validity from its own dataset handle, since it
+        runs in the blend thread while the reader thread uses ``src``; the handle is
+        closed however the block ends, and the last rows are flushed when it succeeds.
         """
         if self.source is self.src:
-            return consume, lambda: None
+            yield consume
+            return
         src, mask = open_input(self.src.name), self.recipe.mask
+        try:
+            def native_valid(row: int, rows: int) -> np.ndarray:
+                first, last = row * stride, min(src.height, (row + rows) * stride)
+                valid = np.zeros((rows * stride, -(-src.width // stride) * stride), bool)
+                valid[: last - first, : src.width] = read_validity(src, mask, first, last - first)
+                return _pool_valid(valid, stride)
 
-        def native_valid(row: int, rows: int) -> np.ndarray:
-            first, last = row * stride, min(src.height, (row + rows) * stride)
-            valid = np.zeros((rows * stride, -(-src.width // stride) * stride), bool)
-            valid[: last - first, : src.width] = read_validity(src, mask, first, last - first)
-            return _pool_valid(valid, stride)
-
-        regridder = Regridder(
-            (-(-src.height // stride), -(-src.width // stride)),
-            (-(-self.source.height // stride), -(-self.source.width // stride)),
-            (self.source.scale_y, self.source.scale_x), native_valid, consume,
-        )
-
-        def finish() -> None:
+            regridder = Regridder(
+                (-(-src.height // stride), -(-src.width // stride)),
+                (-(-self.source.height // stride), -(-self.source.width // stride)),
+                (self.source.scale_y, self.source.scale_x), native_valid, consume,
+            )
+            yield regridder.add
             regridder.finish()
+        finally:
             src.close()
-
-        return regridder.add, finish
 
 
 @dataclass(frozen=True)
@@ -370,7 +397,7 @@ class InputOptions:
         parse_scale(self.scale)
         _check_choice("--recipe", self.recipe, RECIPES)
         _check_choice("--normalize", self.normalize, NORMALIZATIONS)
-        if self.gsd is not None and not self.gsd > 0:
+        if self.gsd is not None and not (self.gsd > 0 and np.isfinite(self.gsd)):
             raise InputError(f"--gsd must be a positive number of metres, got {self.gsd}")
 
 
@@ -447,24 +474,23 @@ def predict_raster(
                 (open_probability_raster(temps[0], src, names, probabilities_dtype, job.tags)
                  if prob_path else contextlib.nullcontext()) as pdst:
             class_writer = BlockRowWriter(cdst)
-            prob_writer = BlockRowWriter(pdst, mask=probabilities_dtype == "uint8") if pdst else None
+            as_bytes = probabilities_dtype == "uint8"  # 0-255 with a mask; float32 with NaN
+            prob_writer = BlockRowWriter(pdst, mask=as_bytes, fill=0 if as_bytes else np.nan) if pdst else None
 
             def consume(row: int, values: np.ndarray, valid: np.ndarray) -> None:
                 classes = np.argmax(values, axis=-1).astype(np.uint8)
                 classes[~valid] = contract.CLASS_NODATA
                 counts[:] += np.bincount(classes[valid], minlength=model.num_classes)
-                class_writer.write(row, classes[None], valid)
+                class_writer.write(row, classes, valid)
                 if prob_writer:
-                    prob_writer.write(row, _probability_bands(values, valid, probabilities_dtype), valid)
+                    prob_writer.write(row, np.rint(values * 255) if as_bytes else values, valid)
 
             model.warm_up(job.blank_patch(), job.batch_size, job.recipe)
-            sink, finish = job.sink(1, consume)
-            with (progress or _no_progress)(len(job.grid)) as bar:
+            with job.sink(1, consume) as sink, (progress or _no_progress)(len(job.grid)) as bar:
                 tiles, skipped = _stream(
                     job.source, job.grid, job.recipe, blend, lambda x: model.predict(x, job.batch_size, job.recipe),
                     1, model.num_classes, sink, bar, job.batch_size,
                 )
-            finish()
             class_writer.close()
             if prob_writer:
                 prob_writer.close()
@@ -475,14 +501,6 @@ def predict_raster(
             src.width, src.height, tiles, skipped, tile, overlap, job.batch_size,
             time.perf_counter() - started, fractions,
         )
-
-
-def _probability_bands(values: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
-    """``[rows, width, classes]`` probabilities to output bands ``[classes, rows, width]``."""
-    bands = np.moveaxis(values, -1, 0)
-    if dtype == "float32":
-        return np.where(valid[None], bands, np.float32("nan")).astype(np.float32)
-    return np.where(valid[None], np.rint(bands * 255), 0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- features
@@ -515,50 +533,49 @@ def extract_features(
     ``preview``: path of a PNG false-colour quick-look (first three principal
     components). Other arguments as in :func:`predict_raster`.
     """
-    from .embeddings import CellPooler, PcaPreview, parse_pool_size
+    from .embeddings import CellPooler, PcaPreview, parse_pool_spec, pool_cell, require_pyogrio
 
     started = time.perf_counter()
     check_options(tile, overlap, batch_size, blend)
     reading.check()
     _check_choice("--dtype", dtype, FEATURE_DTYPES)
+    if pool:
+        parse_pool_spec(pool)
+        require_pyogrio()
     features_path = Path(output)
     pooled_path = (Path(pooled) if pooled else pooled_path_for(features_path)) if pool else None
     preview_path = Path(preview) if preview else None
     finals = [p for p in (pooled_path, preview_path, features_path) if p is not None]
     _check_outputs(input, finals)
     model = _resolve_model(model)
-    if model.feature_channels is None:
-        model.features(np.zeros((0, 32, 32, 3), np.float32))  # raises the clear error
+    model.check_features()
     stride, channels = contract.FEATURE_STRIDE, model.feature_channels
 
     with open_input(input) as src:
         job = _start(input, model, tile, overlap, batch_size, blend, src, reading)
-        cell = parse_pool_size(pool, src) if pool else None
+        cell = pool_cell(pool, src) if pool else None
         height, width = -(-src.height // stride), -(-src.width // stride)
         sampler = PcaPreview(height * width) if preview_path else None
         with atomic_outputs(finals) as temps:
             tmp_features = temps[-1]
             tmp_pooled = temps[0] if pooled_path else None
             with open_feature_raster(tmp_features, src, channels, stride, dtype, job.tags) as fdst:
-                writer = BlockRowWriter(fdst, block_rows=fdst.block_shapes[0][0])
+                writer = BlockRowWriter(fdst, block_rows=fdst.block_shapes[0][0], fill=np.nan)
                 pooler = CellPooler(tmp_pooled, src, cell, stride, height, width, channels) if cell else None
 
                 def consume(row: int, values: np.ndarray, valid: np.ndarray) -> None:
-                    bands = np.moveaxis(values, -1, 0)
-                    writer.write(row, np.where(valid[None], bands, np.float32("nan")), valid)
+                    writer.write(row, values, valid)
                     if pooler:
                         pooler.add(row, values, valid)
                     if sampler:
                         sampler.add(values, valid)
 
                 model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method="get_features")
-                sink, finish = job.sink(stride, consume)
-                with (progress or _no_progress)(len(job.grid)) as bar:
+                with job.sink(stride, consume) as sink, (progress or _no_progress)(len(job.grid)) as bar:
                     tiles, skipped = _stream(
                         job.source, job.grid, job.recipe, blend, lambda x: model.features(x, job.batch_size, job.recipe),
                         stride, channels, sink, bar, job.batch_size,
                     )
-                finish()
                 writer.close()
                 if pooler:
                     pooler.close()

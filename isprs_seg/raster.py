@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
+import rasterio.control
 from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -72,13 +73,19 @@ class RowReader:
     ``[count, width]`` for image rows ``[row, row + count)``; requests must not go back
     above an earlier one. Rows are read in whole blocks of the file (at least
     ``min_rows`` at a time), so every block is decoded once although patches overlap.
-    ``width`` may exceed the image: pixels outside it read as 0 and invalid. ``mask`` is
-    as in :func:`read_validity`.
+    ``width`` may exceed the image. Pixels outside the image and invalid pixels read
+    as 0 (the model sees the same zeros wherever there is no valid data) and are
+    invalid. ``mask`` is as in :func:`read_validity`.
     """
+
+    #: Rows read at once at most, even when a file's blocks are taller (single strips).
+    MAX_ROWS = 1024
 
     def __init__(self, src, bands: Sequence[int], mask: str, width: int, min_rows: int = 256):
         self.src, self.bands, self.mask, self.width = src, list(bands), mask, width
         block = src.block_shapes[0][0] if hasattr(src, "block_shapes") else 1
+        if block > self.MAX_ROWS:
+            block = 1
         self.chunk = max(block, -(-min_rows // block) * block)
         self.block = block
         self.first = 0  # image row held in buffer row 0
@@ -113,6 +120,7 @@ class RowReader:
         try:
             _read_window(self.src, self.bands, self.mask, Window(0, row, width, count),
                          raw[:, :, :width], valid[:, :width])
+            raw[:, ~valid] = 0
         except rasterio.errors.RasterioError as exc:
             raise InputError(
                 f"{self.src.name} could not be read at rows {row}-{row + count} ({_first_line(exc)}); "
@@ -150,7 +158,7 @@ def _read_window(src, bands: list[int], mask: str, window: Window, raw: np.ndarr
 
 
 def read_validity(src, mask: str, row: int, rows: int) -> np.ndarray:
-    """Validity ``[rows, width]`` of image rows ``[row, row + rows)`` (as :func:`read_rows`)."""
+    """Validity ``[rows, width]`` of image rows ``[row, row + rows)`` (as :class:`RowReader`)."""
     window = Window(0, row, src.width, rows)
     how = _mask_source(src, mask)
     if how == "all":
@@ -177,7 +185,7 @@ def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
     try:
         yield temps
         for tmp, final in zip(temps, finals):
-            if tmp.suffix.lower() in (".tif", ".tiff"):
+            if _is_tiff(tmp):
                 verify_complete(tmp, final)
         for tmp, final in zip(temps, finals):
             os.replace(tmp, final)
@@ -186,6 +194,11 @@ def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def verify_complete(path: Path, final: Path) -> None:
@@ -238,10 +251,19 @@ def _base_profile(src: rasterio.DatasetReader, count: int, dtype: str) -> dict:
         "bigtiff": "if_safer",
         "interleave": "pixel" if count == 1 else "band",
     }
-    if is_georeferenced(src):
+    if src.crs is not None or not src.transform.is_identity:
         profile["crs"] = src.crs
         profile["transform"] = src.transform
     return profile
+
+
+def copy_gcps(src, dst, stride: int = 1) -> None:
+    """Carry ground control points over to an output at 1/``stride`` of the input grid."""
+    gcps, crs = src.gcps
+    if gcps:
+        scaled = [rasterio.control.GroundControlPoint(g.row / stride, g.col / stride, g.x, g.y, g.z, g.id, g.info)
+                  for g in gcps]
+        dst.gcps = (scaled, crs)
 
 
 def open_class_raster(
@@ -252,6 +274,7 @@ def open_class_raster(
     profile = _base_profile(src, 1, "uint8")
     profile["nodata"] = nodata
     dst = _open_output(path, profile)
+    copy_gcps(src, dst)
     colormap = {i: (*c, 255) for i, c in enumerate(colors)}
     colormap[nodata] = (0, 0, 0, 0)
     dst.write_colormap(1, colormap)
@@ -269,6 +292,7 @@ def open_probability_raster(
     if dtype == "float32":
         profile["nodata"] = float("nan")
     dst = _open_output(path, profile)
+    copy_gcps(src, dst)
     for i, name in enumerate(class_names, start=1):
         dst.set_band_description(i, name)
     scale = "probability" if dtype == "float32" else "probability * 255"
@@ -276,9 +300,10 @@ def open_probability_raster(
     return dst
 
 
-#: Block side of feature rasters: a block holds every channel of 128 x 128 pixels
-#: (pixel interleaved), so one read gives whole feature vectors.
-FEATURE_BLOCK = 128
+#: Block side of feature rasters: a block holds every channel of 64 x 64 pixels (pixel
+#: interleaved), so one read gives whole feature vectors; the writer buffers one block
+#: row, 64 x width/4 x 720 float32 values.
+FEATURE_BLOCK = 64
 
 
 def open_feature_raster(
@@ -308,6 +333,7 @@ def open_feature_raster(
     if dtype == "float16":
         profile["nbits"] = 16
     dst = _open_output(path, profile)
+    copy_gcps(src, dst, stride)
     dst.update_tags(**tags, FEATURE_STRIDE=str(stride), PRECISION=dtype)
     return dst
 
@@ -325,30 +351,43 @@ def _open_output(path: Path, profile: dict) -> rasterio.io.DatasetWriter:
 class BlockRowWriter:
     """Writes rows that arrive in order, in whole blocks of rows, with an optional mask.
 
-    Compressed tiles are then written exactly once, without GDAL re-reading or
-    rewriting partial blocks. Memory: at most one block of rows of the output.
+    Rows are copied into one preallocated block-row buffer ``[bands, block_rows, width]``
+    (converted from the pipeline's channel-last layout on the way) and written when it
+    is full, so compressed tiles are written exactly once, without GDAL re-reading or
+    rewriting partial blocks. Memory: one block of rows of the output.
     """
 
-    def __init__(self, dataset: rasterio.io.DatasetWriter, block_rows: int = OUTPUT_BLOCK, mask: bool = False):
+    def __init__(self, dataset: rasterio.io.DatasetWriter, block_rows: int = OUTPUT_BLOCK, mask: bool = False,
+                 fill: float | None = None):
         self.dataset = dataset
-        self.block_rows = block_rows
-        self.mask = mask
-        self.next_row = 0
-        self._data: list[np.ndarray] = []
-        self._valid: list[np.ndarray] = []
-        self._buffered = 0
+        self.block_rows = min(block_rows, dataset.height)
+        self.fill = fill
+        self.buffer = np.empty((dataset.count, self.block_rows, dataset.width), dataset.dtypes[0])
+        self.valid = np.empty((self.block_rows, dataset.width), bool) if mask else None
+        self.next_row = 0  # image row held in buffer row 0
+        self.filled = 0
 
-    def write(self, row: int, data: np.ndarray, valid: np.ndarray) -> None:
-        """Queue ``data [bands, rows, width]`` (and validity ``[rows, width]``) at ``row``."""
-        if row != self.next_row + self._buffered:
-            raise ValueError(f"rows must arrive in order: got {row}, expected {self.next_row + self._buffered}")
-        self._data.append(data)
-        self._valid.append(valid)
-        self._buffered += data.shape[1]
-        end = self.next_row + self._buffered
-        full = end - end % self.block_rows if end < self.dataset.height else end
-        if full > self.next_row:
-            self._flush(full - self.next_row)
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        """Rows ``[row, row + n)``: ``values [n, width, bands]`` (or ``[n, width]`` for one
+        band) and validity ``[n, width]``; invalid pixels get ``fill`` when one is set."""
+        if row != self.next_row + self.filled:
+            raise ValueError(f"rows must arrive in order: got {row}, expected {self.next_row + self.filled}")
+        if values.ndim == 2:
+            values = values[..., None]
+        done = 0
+        while done < len(values):
+            n = min(len(values) - done, self.block_rows - self.filled)
+            target = self.buffer[:, self.filled : self.filled + n]
+            np.copyto(target, np.moveaxis(values[done : done + n], -1, 0), casting="unsafe")
+            part = valid[done : done + n]
+            if self.fill is not None:
+                target[:, ~part] = self.fill
+            if self.valid is not None:
+                self.valid[self.filled : self.filled + n] = part
+            self.filled += n
+            done += n
+            if self.filled == self.block_rows or self.next_row + self.filled == self.dataset.height:
+                self._flush()
 
     def close(self) -> None:
         """Write the remaining rows and close the dataset.
@@ -357,24 +396,20 @@ class BlockRowWriter:
         GDAL (libtiff also prints it), so it is detected afterwards by
         :func:`verify_complete` when the outputs are committed.
         """
-        if self._buffered:
-            self._flush(self._buffered)
+        if self.filled:
+            self._flush()
         with native_stderr_captured():
             self.dataset.close()
 
-    def _flush(self, rows: int) -> None:
-        data = np.concatenate(self._data, axis=1) if len(self._data) > 1 else self._data[0]
-        valid = np.concatenate(self._valid, axis=0) if len(self._valid) > 1 else self._valid[0]
+    def _flush(self) -> None:
+        rows = self.filled
         window = Window(0, self.next_row, self.dataset.width, rows)
         try:
             with native_stderr_captured():  # libtiff prints write failures itself
-                self.dataset.write(data[:, :rows], window=window)
-                if self.mask:
-                    self.dataset.write_mask(np.where(valid[:rows], 255, 0).astype(np.uint8), window=window)
+                self.dataset.write(self.buffer[:, :rows], window=window)
+                if self.valid is not None:
+                    self.dataset.write_mask(np.where(self.valid[:rows], 255, 0).astype(np.uint8), window=window)
         except (RasterioIOError, OSError) as exc:
             raise OutputError(f"cannot write {self.dataset.name} ({_first_line(exc)})") from exc
-        self._data = [data[:, rows:]] if rows < data.shape[1] else []
-        self._valid = [valid[rows:]] if rows < valid.shape[0] else []
-        self._buffered -= rows
         self.next_row += rows
-
+        self.filled = 0

@@ -67,6 +67,11 @@ class InputRecipe:
             image = (image - np.float32(contract.ISPRS_MEAN)) / np.float32(contract.ISPRS_STD)
         return image
 
+    @property
+    def graph_key(self) -> tuple:
+        """What :meth:`to_model` depends on: recipes with equal keys share one traced graph."""
+        return (self.recipe, self.low, self.high, self.normalize)
+
     def describe(self) -> str:
         names = "R,G" if self.recipe == "pseudo-rgb" else "R,G,B"
         composed = "pseudo-RGB [R, G, (R+G)/2]" if self.recipe == "pseudo-rgb" else "RGB"
@@ -103,7 +108,7 @@ def parse_scale(text: str | None) -> tuple[float, float] | None:
     except ValueError:
         raise InputError(f"--scale takes auto, MAX or MIN,MAX, got {text!r}") from None
     low, high = (0.0, parts[0]) if len(parts) == 1 else tuple(parts) if len(parts) == 2 else (0.0, 0.0)
-    if len(parts) > 2 or not high > low:
+    if len(parts) > 2 or not high > low or not (math.isfinite(low) and math.isfinite(high)):
         raise InputError(f"--scale takes auto, MAX or MIN,MAX with MAX above MIN, got {text!r}")
     return low, high
 
@@ -193,7 +198,7 @@ def resolve_recipe(
         mask = "nodata" if src.nodata is not None else "none"
         alpha = None
     if bands is None:
-        if src.count == 1:
+        if len([i for i in src.indexes if i != alpha]) == 1:
             warnings.warn(
                 f"{src.name} has a single band: it is read as grey (R = G = B); the model was "
                 "trained on colour and will do worse",

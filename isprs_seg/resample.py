@@ -13,7 +13,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -36,7 +35,7 @@ class ResampledSource:
         crs = src.crs
         if crs is None or not crs.is_projected or not is_georeferenced(src):
             raise InputError(f"--gsd needs a projected CRS in metres, and {src.name} has none")
-        a, b, c, d, e, f = src.transform[:6]
+        a, b, _, d, e, _ = src.transform[:6]
         if b or d:
             raise InputError(f"--gsd needs a north-up grid, and {src.name} is rotated")
         size = gsd / crs.linear_units_factor[1]
@@ -44,7 +43,6 @@ class ResampledSource:
         self.scale_x, self.scale_y = size / abs(a), size / abs(e)  # input pixels per model pixel
         self.width = max(1, math.floor(src.width / self.scale_x))
         self.height = max(1, math.floor(src.height / self.scale_y))
-        self.transform = Affine(math.copysign(size, a), 0, c, 0, math.copysign(size, e), f)
         shrinking = min(self.scale_x, self.scale_y) >= 1
         self.resampling = Resampling.average if shrinking else Resampling.bilinear
         self.name, self.dtypes, self.nodata = src.name, src.dtypes, src.nodata

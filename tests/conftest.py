@@ -76,13 +76,15 @@ def whole_image(model, path: Path, method: str = "predict") -> np.ndarray:
     """Whole-image inference, the reference for tiled runs: the entire raster in one call.
 
     The raw bands go through the same input recipe as in the pipeline (inside the model
-    call), so any difference from a tiled run comes from tiling and stitching alone.
+    call), invalid pixels zeroed as the pipeline does, so any difference from a tiled
+    run comes from tiling and stitching alone.
     """
     from isprs_seg.recipe import resolve_recipe
 
     with rasterio.open(path) as src:
         recipe = resolve_recipe(src)
         raw = src.read(list(recipe.bands))[None]
+        raw[:, :, src.dataset_mask() == 0] = 0  # the model sees zeros where there is no valid data
     run = model.predict if method == "predict" else model.features
     return run(raw, 1, recipe)[0]
 

@@ -60,10 +60,10 @@ def test_bad_input_gives_one_sentence_naming_it(tmp_path, small_dir, bad_inputs,
     "target,expected",
     [("nodir/x.tif", "does not exist"), ("existing_dir", "is a directory")],
 )
-def test_bad_output_path(tmp_path, small_dir, target, expected):
+def test_bad_output_path_is_a_usage_error(tmp_path, small_dir, target, expected):
     (tmp_path / "existing_dir").mkdir()
     result = run_cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / target), "--model", str(small_dir), *FAST)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert expected in _only_error_line(result.stderr)
 
 

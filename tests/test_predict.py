@@ -200,7 +200,7 @@ def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, small_model,
     from isprs_seg import raster
     from isprs_seg.errors import OutputError
 
-    def fail(self, rows):
+    def fail(self):
         raise OutputError("No space left on device")
 
     monkeypatch.setattr(raster.BlockRowWriter, "_flush", fail)
