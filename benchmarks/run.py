@@ -1,6 +1,6 @@
 """Benchmarks of isprs-seg's pipeline, printed as ratios measured in one run on this machine.
 
-    python benchmarks/run.py            # everything (about 15 minutes on 2 CPU cores)
+    python benchmarks/run.py            # everything (about 20 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # smaller inputs, no W48 stand-in
 
 Measures, with stand-in models built on the spot (isprs_seg.testing; random weights,
@@ -12,7 +12,8 @@ the real interface and, for W48, the real compute cost):
 3. throughput in megapixels per second;
 4. against the whole-image approach a user might write with the ``tiler`` package (read
    the whole image with rasterio, split, predict, merge with a window, argmax, write):
-   time and peak RSS at 4096 and 16384 px a side, on the same model.
+   time and peak RSS at 4096 and 16384 px a side, on the same model;
+5. features: size on disk per input megapixel and peak RSS for a 4096 x 4096 input.
 
 Each measurement runs in its own process, so peak RSS is that of one job. Inputs are
 built from a real orthophoto in ../shared/data (mirrored to the needed size). Needs
@@ -46,8 +47,9 @@ def _peak_rss_mb() -> float:
 
 
 def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dict:
-    """predict_raster on one input; with ``model_only`` "1" (before) or "2" (after), also the
-    model-only time for the same patches, alternating the order to cancel warm-up effects."""
+    """predict_raster on one input. With ``model_only`` "1", first one untimed run (a batch
+    of many files is warm after its first), then end-to-end and model-only for the same
+    patches, twice each, alternating; the best of each is reported."""
     from isprs_seg.grid import make_grid
     from isprs_seg.model import load_model
     from isprs_seg.pipeline import _patches, predict_raster
@@ -58,28 +60,36 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
     model = load_model(model_dir)
     result: dict = {}
 
-    def end_to_end() -> None:
+    def end_to_end() -> float:
         started = time.perf_counter()
         run = predict_raster(image, out, model=model)
-        result.update(seconds=time.perf_counter() - started, tiles=run.tiles,
-                      megapixels=run.width * run.height / 1e6)
+        result.update(tiles=run.tiles, megapixels=run.width * run.height / 1e6)
+        return time.perf_counter() - started
 
-    if model_only == "2":
-        end_to_end()
-    if model_only != "0":
-        with open_input(image) as src:
-            recipe = resolve_recipe(src)
-            grid = make_grid(src.height, src.width, contract.DEFAULT_TILE, contract.DEFAULT_OVERLAP, 32)
-            raws = [p.raw for p in _patches(src, grid, recipe, "taper", 1) if p.raw is not None]
-        batches = [np.stack(raws[i : i + model.batch_size]) for i in range(0, len(raws), model.batch_size)]
+    if model_only == "0":
+        result["seconds"] = end_to_end()
+        result["rss_mb"] = _peak_rss_mb()
+        return result
+    with open_input(image) as src:
+        recipe = resolve_recipe(src)
+        grid = make_grid(src.height, src.width, contract.DEFAULT_TILE, contract.DEFAULT_OVERLAP, 32)
+        raws = [p.raw for p in _patches(src, grid, recipe, "taper", 1) if p.raw is not None]
+    batches = [np.stack(raws[i : i + model.batch_size]) for i in range(0, len(raws), model.batch_size)]
+    del raws
+
+    def model_alone() -> float:
         started = time.perf_counter()
         model.predict(batches[0], None, recipe)  # the one warm-up call the pipeline makes too
         for batch in batches:
             model.predict(batch, None, recipe)
-        result["model_seconds"] = time.perf_counter() - started
-        del raws, batches
-    if model_only != "2":
-        end_to_end()
+        return time.perf_counter() - started
+
+    result["cold_seconds"] = end_to_end()
+    timings = {"seconds": [], "model_seconds": []}
+    for _ in range(2):
+        timings["model_seconds"].append(model_alone())
+        timings["seconds"].append(end_to_end())
+    result.update({key: min(values) for key, values in timings.items()})
     result["rss_mb"] = _peak_rss_mb()
     return result
 
@@ -126,6 +136,18 @@ def _peak_of(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def child_features(model_dir: str, image: str, out: str, dtype: str) -> dict:
+    """extract_features on one input: time, peak RSS and the size of the file written."""
+    from isprs_seg.model import load_model
+    from isprs_seg.pipeline import extract_features
+
+    model = load_model(model_dir)
+    started = time.perf_counter()
+    run = extract_features(image, out, model=model, dtype=dtype)
+    return {"seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb(),
+            "bytes": os.path.getsize(out), "megapixels": run.width * run.height / 1e6}
 
 
 def child_model(model_dir: str) -> dict:
@@ -210,25 +232,32 @@ def main() -> None:
             make_input(inputs[name], w, h)
 
     out = work / "out.tif"
-    print("\n## 1. efficiency: end-to-end over model-only, same patches (best of 2)")
+    print("\n## 1. efficiency: end-to-end over model-only, same patches (warm process, best of 2)")
     for kind, image in (("small", inputs["4096"]), ("w48", inputs["square"])):
         if kind not in models:
             continue
-        runs = [_run_child("pipeline", str(models[kind]), str(image), str(out), order) for order in ("1", "2")]
-        e2e = min(r["seconds"] for r in runs)
-        model_only = min(r["model_seconds"] for r in runs)
-        mp = runs[0]["megapixels"]
-        print(f"{kind:6s} {image.name}: {runs[0]['tiles']} patches, end-to-end {e2e:.1f} s, model only "
-              f"{model_only:.1f} s, ratio {e2e / model_only:.2f}, throughput {mp / e2e:.2f} MP/s", flush=True)
+        run = _run_child("pipeline", str(models[kind]), str(image), str(out), "1")
+        e2e, model_only, mp = run["seconds"], run["model_seconds"], run["megapixels"]
+        print(f"{kind:6s} {image.name}: {run['tiles']} patches, end-to-end {e2e:.1f} s (first run in the "
+              f"process {run['cold_seconds']:.1f} s), model only {model_only:.1f} s, ratio {e2e / model_only:.2f}, "
+              f"throughput {mp / e2e:.2f} MP/s", flush=True)
 
-    print("\n## 2. memory: peak RSS, tall over square (small stand-in, median of 3 runs each)")
+    print("\n## 2. memory: peak RSS, tall over square (small stand-in, lowest of 3 runs each: the model's own")
+    print("##    activations vary by a few hundred MB from process to process, whatever the input)")
     rss = {}
     for name in ("square", "tall"):
         runs = sorted(_run_child("pipeline", str(models["small"]), str(inputs[name]), str(out), "0")["rss_mb"]
                       for _ in range(3))
-        rss[name] = runs[1]
+        rss[name] = runs[0]
         print(f"{name:6s} {inputs[name].name}: {rss[name]:.0f} MB (runs: {', '.join(f'{r:.0f}' for r in runs)})")
     print(f"ratio tall / square: {rss['tall'] / rss['square']:.2f}", flush=True)
+
+    print("\n## 5. features of the 4096 px input: size on disk and peak RSS")
+    for kind in models:
+        for dtype in ("float16", "float32"):
+            run = _run_child("features", str(models[kind]), str(inputs["4096"]), str(work / "features.tif"), dtype)
+            print(f"{kind:6s} {dtype}: {run['seconds']:.1f} s, {run['bytes'] / 1e6 / run['megapixels']:.1f} MB per input "
+                  f"megapixel ({run['bytes'] / 1e6:.0f} MB), peak RSS {run['rss_mb']:.0f} MB", flush=True)
 
     print("\n## 3/4. isprs-seg against the whole-image approach with tiler (small stand-in)")
     try:
@@ -250,7 +279,7 @@ def main() -> None:
                      f"{whole['rss_mb'] / ours['rss_mb']:.1f}x")
             if per_pixel:
                 needed = alone + per_pixel * pixels
-                line += (f", about {needed / ours['rss_mb']:.0f}x by the {per_pixel * 1e6 / 1024:.0f} MB per "
+                line += (f", about {needed / ours['rss_mb']:.0f}x by the {per_pixel * 1e6:.0f} MB per "
                          f"megapixel it used at 4096 px (it would need about {needed / 1024:.0f} GB)")
         else:
             per_pixel = (whole["rss_mb"] - alone) / pixels
@@ -263,7 +292,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         os.environ.setdefault("GDAL_CACHEMAX", "64")  # as the command line does
         step, rest = sys.argv[2], sys.argv[3:]
-        report = {"pipeline": child_pipeline, "whole": child_whole, "model": child_model}[step](*rest)
+        children = {"pipeline": child_pipeline, "whole": child_whole, "model": child_model, "features": child_features}
+        report = children[step](*rest)
         print(json.dumps(report))
     else:
         main()

@@ -283,6 +283,7 @@ def _stream(
     def blend_and_write() -> None:
         height, width = -(-grid.height // stride), -(-grid.width // stride)
         acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
+
         def release(until: int) -> None:
             for chunk in acc.release(until):
                 if stop.is_set():

@@ -135,3 +135,12 @@ def test_pool_in_metres_needs_a_projected_crs(tmp_path, small_dir):
     assert result.returncode == 1
     assert "projected CRS" in result.stderr and "256px" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_pool_size_is_a_usage_error_before_any_work(tmp_path, small_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("features", str(HRO_PLAIN), str(HRO_ALPHA), "--out-dir", str(out), "--model", str(small_dir),
+                     "--pool", "10x")
+    assert result.returncode == 2 and result.stderr.count("--pool must be") == 1
+    assert list(out.iterdir()) == []
