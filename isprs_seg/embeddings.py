@@ -81,7 +81,7 @@ def pool_cell(value: str | float, src) -> tuple[int, int]:
 def _polygon_wkb(x0: float, y0: float, x1: float, y1: float, transform) -> bytes:
     """WKB of the pixel rectangle [x0, x1) x [y0, y1) mapped through ``transform``."""
     corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
-    coords = [transform * c for c in corners]
+    coords = [transform @ c for c in corners]
     return struct.pack("<BIII", 1, 3, 1, 5) + b"".join(struct.pack("<dd", *c) for c in coords)
 
 

@@ -329,7 +329,7 @@ def open_feature_raster(
         zstd_level=1,
     )
     if "transform" in profile:
-        profile["transform"] = src.transform * Affine.scale(stride)
+        profile["transform"] = src.transform @ Affine.scale(stride)
     if dtype == "float16":
         profile["nbits"] = 16
     dst = _open_output(path, profile)

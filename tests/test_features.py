@@ -32,7 +32,7 @@ def test_features_match_whole_image_inference_on_the_stride_4_grid(tmp_path, sma
     with rasterio.open(src) as inp, rasterio.open(result.outputs[0]) as out:
         assert (out.height, out.width) == (-(-shape[0] // 4), -(-shape[1] // 4)) == expected.shape[:2]
         assert out.count == 720 and out.crs == inp.crs
-        assert out.transform == inp.transform * Affine.scale(4)
+        assert out.transform == inp.transform @ Affine.scale(4)
         # feature pixel (i, j) covers input pixels [4i, 4i+4) x [4j, 4j+4)
         assert out.xy(3, 5, offset="ul") == inp.xy(12, 20, offset="ul")
         if dtype == "float16":
@@ -95,8 +95,8 @@ def test_pooled_table_has_one_row_per_cell_with_its_geometry(tmp_path, small_mod
     feats = _read_features(features_path)
     for k in (0, 7, len(geometry) - 1):
         r, c = int(row[k]), int(col[k])
-        x0, y0 = transform * (c * 40, r * 40)
-        x1, y1 = transform * (min((c + 1) * 40, width), min((r + 1) * 40, height))
+        x0, y0 = transform @ (c * 40, r * 40)
+        x1, y1 = transform @ (min((c + 1) * 40, width), min((r + 1) * 40, height))
         ring = np.frombuffer(geometry[k], dtype="<f8", offset=13).reshape(5, 2)  # WKB polygon, one ring
         bounds = (*ring.min(0), *ring.max(0))
         np.testing.assert_allclose(bounds, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))

@@ -199,7 +199,7 @@ def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
     feats = extract_features(HRO_ALPHA, tmp_path / "f.tif", model=small_model, reading=reading, **GEOMETRY)
     with rasterio.open(HRO_ALPHA) as src, rasterio.open(feats.outputs[0]) as out:
         assert (out.height, out.width) == (58, 96)
-        assert out.transform == src.transform * rasterio.Affine.scale(4)
+        assert out.transform == src.transform @ rasterio.Affine.scale(4)
 
 
 def test_gsd_needs_a_projected_crs(tmp_path, small_dir):
