@@ -18,8 +18,8 @@ GEOMETRY = dict(tile=128, overlap=64)
 
 def _variant(path, bands: np.ndarray, dtype: str, colorinterp=None, nodata=None):
     with rasterio.open(HRO_PLAIN) as src:
-        profile = src.profile | {"count": len(bands), "dtype": dtype, "nodata": nodata, "photometric": None}
-    profile.pop("photometric")
+        profile = src.profile | {"count": len(bands), "dtype": dtype, "nodata": nodata}
+    profile.pop("photometric", None)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(bands.astype(dtype))
         dst.colorinterp = colorinterp or [ColorInterp.undefined] * len(bands)
