@@ -50,12 +50,11 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
     """predict_raster on one input. With ``model_only`` "1", first one untimed run (a batch
     of many files is warm after its first), then end-to-end and model-only for the same
     patches, twice each, alternating; the best of each is reported."""
-    from isprs_seg.grid import make_grid
+    from isprs_seg.engine import cut_batches
     from isprs_seg.model import load_model
-    from isprs_seg.pipeline import _patches, predict_raster
-    from isprs_seg.raster import open_input
-    from isprs_seg.recipe import resolve_recipe
-    from isprs_seg import contract
+    from isprs_seg.options import InputOptions, RunOptions
+    from isprs_seg.pipeline import predict_raster, prepare_job
+    from isprs_seg.raster import RowReader, open_input
 
     model = load_model(model_dir)
     result: dict = {}
@@ -70,12 +69,11 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
         result["seconds"] = end_to_end()
         result["rss_mb"] = _peak_rss_mb()
         return result
-    with open_input(image) as src:
-        recipe = resolve_recipe(src)
-        grid = make_grid(src.height, src.width, contract.DEFAULT_TILE, contract.DEFAULT_OVERLAP, 32)
-        raws = [p.raw for p in _patches(src, grid, recipe, "taper", 1) if p.raw is not None]
-    batches = [np.stack(raws[i : i + model.batch_size]) for i in range(0, len(raws), model.batch_size)]
-    del raws
+    with open_input(image) as src:  # the batches of the run's plan, as the engine cuts them
+        job = prepare_job(src, model, RunOptions(), InputOptions())
+        recipe, grid = job.recipe, job.grid
+        reader = RowReader(src, recipe.bands, recipe.mask, grid.cols.origins[-1] + grid.patch_shape[1])
+        batches = [b.raw for b in cut_batches(job.batches, reader, grid, "taper", 1) if b.raw is not None]
 
     def model_alone() -> float:
         started = time.perf_counter()
@@ -290,7 +288,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        os.environ.setdefault("GDAL_CACHEMAX", "64")  # as the command line does
         step, rest = sys.argv[2], sys.argv[3:]
         children = {"pipeline": child_pipeline, "whole": child_whole, "model": child_model, "features": child_features}
         report = children[step](*rest)

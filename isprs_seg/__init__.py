@@ -24,6 +24,9 @@ _LAZY = {
     "predict_raster": ("isprs_seg.pipeline", "predict_raster"),
     "extract_features": ("isprs_seg.pipeline", "extract_features"),
     "RunResult": ("isprs_seg.pipeline", "RunResult"),
+    "InputOptions": ("isprs_seg.options", "InputOptions"),
+    "plan_outputs": ("isprs_seg.batch", "plan_outputs"),
+    "run_batch": ("isprs_seg.batch", "run_batch"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -78,6 +78,15 @@ def _window(height: int, top: int, bottom: int, width: int, left: int, right: in
     return window
 
 
+def pool_valid(valid: np.ndarray, stride: int) -> np.ndarray:
+    """Validity at 1/``stride`` resolution: an output pixel is valid when any input pixel
+    under it is (``valid``'s sides are multiples of ``stride``)."""
+    if stride == 1:
+        return valid
+    h, w = valid.shape
+    return valid.reshape(h // stride, stride, w // stride, stride).any(axis=(1, 3))
+
+
 class StreamingAccumulator:
     """Weighted sums over a band of rows that slides down the image.
 

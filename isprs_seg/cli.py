@@ -1,8 +1,8 @@
 """The ``isprs-seg`` command line: a thin shell over the Python API.
 
 stdout carries only results (the paths written, JSON lines with ``--json``, or
-``model info``); progress, warnings and errors go to stderr. An error is one sentence
-naming the input, without a traceback unless ``--debug``.
+``model info``); progress, notes, warnings and errors go to stderr. An error is one
+sentence naming the input, without a traceback unless ``--debug``.
 
 Exit codes: 0 every input succeeded or was skipped; 1 some inputs failed; 2 usage
 error or the model could not be loaded; 128 + signal number when interrupted
@@ -12,23 +12,25 @@ error or the model could not be loaded; 128 + signal number when interrupted
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
-import time
 import traceback
 import warnings
-from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
 from . import __version__, contract
+from .blend import BLEND_MODES
 from .errors import IsprsSegError
+from .options import FEATURE_DTYPES, PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -45,24 +47,15 @@ EXIT_USAGE = 2
 _state = {"debug": False}
 
 
-class Blend(str, Enum):
-    taper = "taper"
-    crop = "crop"
+def _choices(name: str, values) -> type[Enum]:
+    """A command-line choice built from the library's own list of values."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class ProbabilityDtype(str, Enum):
-    float32 = "float32"
-    uint8 = "uint8"
-
-
-class FeatureDtype(str, Enum):
-    float16 = "float16"
-    float32 = "float32"
-
-
-class OnError(str, Enum):
-    cont = "continue"
-    stop = "stop"
+Blend = _choices("Blend", BLEND_MODES)
+ProbabilityDtype = _choices("ProbabilityDtype", PROBABILITY_DTYPES)
+FeatureDtype = _choices("FeatureDtype", FEATURE_DTYPES)
+OnError = _choices("OnError", ("continue", "stop"))
 
 
 class Interrupted(BaseException):
@@ -75,10 +68,6 @@ class Interrupted(BaseException):
 
 def _on_signal(signum, frame) -> None:
     raise Interrupted(signum)
-
-
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"isprs-seg: warning: {message}", file=sys.stderr)
 
 
 def _fail(message: str, code: int) -> None:
@@ -97,21 +86,24 @@ def _reported(code: int = EXIT_USAGE) -> Iterator[None]:
         _fail(str(exc), code)
 
 
-def _error_message(path: str, exc: Exception) -> str:
-    """One sentence naming the input: ours as they are, the libraries' first line."""
-    if isinstance(exc, IsprsSegError):
-        text = str(exc)
-    else:
-        from rasterio.errors import RasterioError
-
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if isinstance(exc, OSError) and exc.strerror:
-            detail = exc.strerror + (f": {exc.filename}" if exc.filename else "")
-        if isinstance(exc, (RasterioError, OSError)):
-            text = detail
-        else:
-            text = f"unexpected {type(exc).__name__}: {detail} (run with --debug for the traceback)"
-    return text if path in text else f"{path}: {text}"
+@contextlib.contextmanager
+def _notes(quiet: bool) -> Iterator[None]:
+    """Notes (``isprs-seg: ...``) and warnings on stderr for the length of one command."""
+    notes = logging.getLogger("isprs_seg")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("isprs-seg: %(message)s"))
+    saved = notes.level, notes.propagate, warnings.showwarning
+    notes.addHandler(handler)
+    notes.propagate = False
+    notes.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not _state["debug"]:
+        warnings.showwarning = lambda message, *args, **kwargs: print(f"isprs-seg: warning: {message}",
+                                                                      file=sys.stderr)
+    try:
+        yield
+    finally:
+        notes.removeHandler(handler)
+        notes.level, notes.propagate, warnings.showwarning = saved
 
 
 def _version(value: bool) -> None:
@@ -129,11 +121,6 @@ def _main(
     if debug:
         os.environ["ISPRS_SEG_DEBUG"] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow is imported later, on first use
-    else:
-        warnings.showwarning = _print_warning
-        # GDAL's own error printer would add raw lines next to our one-sentence errors;
-        # failures still raise (and are checked) through rasterio.
-        os.environ.setdefault("CPL_LOG", os.devnull)
 
 
 MODEL_HELP = (
@@ -197,6 +184,74 @@ def model_fetch(
     print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- shared options
+
+#: Options every processing command takes, by group: name -> (type, typer option).
+MODEL_OPTIONS = {
+    "model": (Optional[str], typer.Option(None, "--model", "-m", help=MODEL_HELP)),
+    "device": (Optional[str], typer.Option(None, "--device", metavar="DEVICE",
+                                           help="cpu, gpu, gpu:1 ... [default: the first GPU if there is one, "
+                                                "else the CPU].")),
+    "precision": (str, typer.Option("float32", "--precision", metavar="float32|mixed",
+                                    help="mixed: automatic mixed precision (float16 on GPUs with tensor cores).")),
+    "xla": (bool, typer.Option(False, "--xla", help="Compile the model call with XLA.")),
+}
+GRID_OPTIONS = {
+    "tile": (int, typer.Option(contract.DEFAULT_TILE, help="Patch side in pixels (a multiple of 32).")),
+    "overlap": (int, typer.Option(contract.DEFAULT_OVERLAP, help="Minimum overlap between neighbouring patches.")),
+    "batch_size": (int, typer.Option(contract.DEFAULT_BATCH_SIZE, "--batch-size", help="Patches per model call.")),
+    "blend": (Blend, typer.Option(
+        "taper", help="taper: smooth weights across overlaps; crop: only patch centres count.")),
+}
+INPUT_OPTIONS = {
+    "bands": (Optional[str], typer.Option(
+        None, "--bands", metavar="R,G[,B]",
+        help="1-based red and green (and blue) bands [default: from the colour interpretation, else 1,2,3].")),
+    "recipe": (str, typer.Option(
+        "pseudo-rgb", "--recipe", metavar="pseudo-rgb|rgb",
+        help="pseudo-rgb: [R, G, (R+G)/2] as the model was trained; rgb: the three bands as they are.")),
+    "scale": (str, typer.Option(
+        "auto", "--scale", metavar="auto|MAX|MIN,MAX",
+        help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")),
+    "normalize": (str, typer.Option(
+        "unit", "--normalize", metavar="unit|isprs",
+        help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")),
+    "gsd": (Optional[float], typer.Option(
+        None, "--gsd", metavar="METRES",
+        help="Run the model at this ground sampling distance (trained at 0.05-0.09 m); outputs stay on the "
+             "input's grid.")),
+}
+BATCH_OPTIONS = {
+    "out_dir": (Optional[Path], typer.Option(
+        None, "--out-dir", help="Write the outputs of each input into DIR, named after it.")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress bar.")),
+    "as_json": (bool, typer.Option(False, "--json", help="Print one JSON object per input instead of paths.")),
+    "overwrite": (bool, typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them).")),
+    "on_error": (OnError, typer.Option(
+        "continue", "--on-error", help="After a failed input: continue with the next, or stop.")),
+}
+INPUTS = typer.Argument(..., metavar="INPUT...", help="Rasters (or GDAL paths); - reads paths from stdin.")
+
+
+def _with_options(*groups: dict):
+    """Append the options of ``groups`` to a command's own parameters (Typer reads the signature)."""
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                  for group in groups for name, (kind, option) in group.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs):
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=own + shared)
+        return run
+
+    return decorate
+
+
 # --------------------------------------------------------------------------- batches
 
 
@@ -205,50 +260,10 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
     paths: List[str] = []
     for item in inputs:
         if item == "-":
-            for line in sys.stdin:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    paths.append(line)
+            paths += [line.strip() for line in sys.stdin if line.strip() and not line.strip().startswith("#")]
         else:
             paths.append(item)
     return paths
-
-
-def input_stem(path: str) -> str:
-    """``/data/a/ortho.tif`` and ``/vsizip/x.zip/ortho.tif`` -> ``ortho``."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _plan(inputs: List[str], output: Optional[Path], out_dir: Optional[Path], suffix: str) -> List[Path]:
-    """The main output path of each input, or a usage error before any work is done."""
-    if output and out_dir:
-        _fail("give either -o/--output or --out-dir, not both", EXIT_USAGE)
-    if not inputs:
-        _fail("no input files given", EXIT_USAGE)
-    if output:
-        if len(inputs) > 1:
-            _fail(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir", EXIT_USAGE)
-        from .raster import check_output_path
-
-        with _reported(EXIT_USAGE):
-            check_output_path(output)
-        return [output]
-    if not out_dir:
-        _fail("give -o OUT.tif for one input or --out-dir DIR", EXIT_USAGE)
-    if not out_dir.is_dir():
-        _fail(f"output directory {out_dir} does not exist", EXIT_USAGE)
-    seen: dict[str, str] = {}
-    for path in inputs:
-        stem = input_stem(path)
-        if stem in seen:
-            _fail(
-                f"{seen[stem]} and {path} would both write {out_dir / (stem + suffix)}: "
-                "give inputs with distinct file names, or run them into different --out-dir",
-                EXIT_USAGE,
-            )
-        seen[stem] = path
-    return [out_dir / f"{input_stem(p)}{suffix}" for p in inputs]
 
 
 def _progress(path: str, quiet: bool):
@@ -262,168 +277,77 @@ def _progress(path: str, quiet: bool):
     return make
 
 
-def _run_batch(
-    paths: List[str],
-    planned: List[List[Optional[Path]]],
-    work: Callable[[str, List[Optional[Path]], Callable], object],
-    *,
-    quiet: bool,
-    as_json: bool,
-    overwrite: bool,
-    on_error: OnError,
-    settings: dict,
-) -> None:
-    """Run ``work(input, outputs, progress)`` for each input; report and set the exit code.
+def _run_command(command: str, paths: List[str], output: Optional[Path], main: str, extra: List[str],
+                 given: dict, work, options: dict) -> None:
+    """What ``predict`` and ``features`` share: check everything, load the model, run the batch, report.
 
-    ``planned[i]`` holds the outputs of input ``i`` (None for an optional output not
-    asked for); when they all exist already the input is skipped unless ``overwrite``.
+    ``work(path, outputs, model, progress)`` runs one input.
     """
-    failed = 0
-    for path, outputs in zip(paths, planned):
-        # every key in every record, null where it does not apply, for tools that read them
-        record = {"input": path, "status": "ok", "outputs": [], "error": None, "width": None, "height": None,
-                  "tiles": None, "skipped_tiles": None, **settings, "seconds": None, "class_fractions": None}
-        started = time.perf_counter()
-        expected = [p for p in outputs if p is not None]
-        if not overwrite and all(p.is_file() for p in expected):
-            record.update(status="skipped", outputs=[str(p) for p in expected], seconds=0.0)
-            if not as_json and not quiet:
-                print(f"isprs-seg: {path}: skipped, its outputs exist (--overwrite to redo)", file=sys.stderr)
-        else:
-            try:
-                result = work(path, outputs, _progress(path, quiet))
-            except Exception as exc:  # noqa: BLE001 - one bad input must not end the batch
+    from .batch import ERROR, plan_outputs, run_batch
+
+    quiet = options["quiet"]
+    with _notes(quiet):
+        with _reported(EXIT_USAGE):
+            planned = plan_outputs(paths, main, extra, output=output, out_dir=options["out_dir"], given=given)
+            run = RunOptions(options["tile"], options["overlap"], options["batch_size"], options["blend"].value).check()
+            reading = InputOptions(options["bands"], options["recipe"], options["scale"], options["normalize"],
+                                   options["gsd"]).check()
+        model = _load(options["model"], options["batch_size"], options["device"], options["precision"],
+                      options["xla"])
+        if command == "features":
+            with _reported(EXIT_USAGE):
+                model.check_features()
+        settings = {"tile": run.tile, "overlap": run.overlap, "batch_size": run.batch_size}
+        failed = 0
+        for record in run_batch(paths, planned, lambda path, outputs: work(path, outputs, model, run, reading,
+                                                                            _progress(path, quiet)),
+                                overwrite=options["overwrite"], stop_on_error=options["on_error"].value == "stop",
+                                settings=settings):
+            if record.status == ERROR:
                 failed += 1
                 if _state["debug"]:
-                    traceback.print_exc()
-                message = _error_message(path, exc)
-                print(f"isprs-seg: error: {message}", file=sys.stderr)
-                record.update(status="error", error=message, seconds=round(time.perf_counter() - started, 3))
-            else:
-                record.update({k: v for k, v in asdict(result).items() if k != "input"})
-                record["seconds"] = round(record["seconds"], 3)
-                record["class_fractions"] = record["class_fractions"] or None  # features: none
-                if not as_json:
-                    for written in result.outputs:
-                        print(written, flush=True)
-        if as_json:
-            print(json.dumps(record), flush=True)
-        if failed and on_error is OnError.stop:
-            break
+                    traceback.print_exception(record.exception)
+                print(f"isprs-seg: error: {record.error}", file=sys.stderr)
+            elif record.status == "skipped" and not options["as_json"] and not quiet:
+                print(f"isprs-seg: {record.input}: skipped, its outputs exist (--overwrite to redo)", file=sys.stderr)
+            if options["as_json"]:
+                print(json.dumps(record.as_dict()), flush=True)
+            elif record.status == "ok":
+                for written in record.outputs:
+                    print(written, flush=True)
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)
 
 
-def _check_common(tile: int, overlap: int, batch_size: int, blend: Blend, bands: Optional[str], recipe: str,
-                  scale: str, normalize: str, gsd: Optional[float], quiet: bool):
-    """Validate the options predict and features share; set up notes on stderr."""
-    from .pipeline import InputOptions, check_options
-
-    reading = InputOptions(bands=bands, recipe=recipe, scale=scale, normalize=normalize, gsd=gsd)
-    with _reported(EXIT_USAGE):
-        check_options(tile, overlap, batch_size, blend.value)
-        reading.check()
-    notes = logging.getLogger("isprs_seg")
-    if not notes.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("isprs-seg: %(message)s"))
-        notes.addHandler(handler)
-        notes.propagate = False
-    notes.setLevel(logging.WARNING if quiet else logging.INFO)
-    return reading
-
-
-INPUTS = typer.Argument(..., metavar="INPUT...", help="Rasters (or GDAL paths); - reads paths from stdin.")
-OUT_DIR = typer.Option(None, "--out-dir", help="Write the outputs of each input into DIR, named after it.")
-MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
-TILE = typer.Option(contract.DEFAULT_TILE, help="Patch side in pixels (a multiple of 32).")
-OVERLAP = typer.Option(contract.DEFAULT_OVERLAP, help="Minimum overlap between neighbouring patches.")
-BATCH = typer.Option(contract.DEFAULT_BATCH_SIZE, "--batch-size", help="Patches per model call.")
-BLEND = typer.Option(Blend.taper, help="taper: smooth weights across overlaps; crop: only patch centres count.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-JSON = typer.Option(False, "--json", help="Print one JSON object per input instead of paths.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them).")
-ON_ERROR = typer.Option(OnError.cont, "--on-error", help="After a failed input: continue with the next, or stop.")
-BANDS = typer.Option(None, "--bands", metavar="R,G[,B]",
-                     help="1-based red and green (and blue) bands [default: from the colour interpretation, else 1,2,3].")
-RECIPE = typer.Option("pseudo-rgb", "--recipe", metavar="pseudo-rgb|rgb",
-                      help="pseudo-rgb: [R, G, (R+G)/2] as the model was trained; rgb: the three bands as they are.")
-SCALE = typer.Option("auto", "--scale", metavar="auto|MAX|MIN,MAX",
-                     help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")
-NORMALIZE = typer.Option("unit", "--normalize", metavar="unit|isprs",
-                         help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")
-DEVICE = typer.Option(None, "--device", metavar="DEVICE",
-                      help="cpu, gpu, gpu:1 ... [default: the first GPU if there is one, else the CPU].")
-PRECISION = typer.Option("float32", "--precision", metavar="float32|mixed",
-                         help="mixed: automatic mixed precision (float16 on GPUs with tensor cores).")
-XLA = typer.Option(False, "--xla", help="Compile the model call with XLA.")
-GSD = typer.Option(None, "--gsd", metavar="METRES",
-                   help="Run the model at this ground sampling distance (trained at 0.05-0.09 m); "
-                        "outputs stay on the input's grid.")
-
-
 @app.command()
+@_with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
 def predict(
     inputs: List[str] = INPUTS,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Class raster path (one input)."),
-    out_dir: Optional[Path] = OUT_DIR,
-    model: Optional[str] = MODEL,
-    tile: int = TILE,
-    overlap: int = OVERLAP,
-    batch_size: int = BATCH,
-    blend: Blend = BLEND,
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     probabilities_dtype: ProbabilityDtype = typer.Option(
-        ProbabilityDtype.float32, "--probabilities-dtype", help="float32, or uint8 scaled 0-255."
-    ),
-    bands: Optional[str] = BANDS,
-    recipe: str = RECIPE,
-    scale: str = SCALE,
-    normalize: str = NORMALIZE,
-    gsd: Optional[float] = GSD,
-    device: Optional[str] = DEVICE,
-    precision: str = PRECISION,
-    xla: bool = XLA,
-    quiet: bool = QUIET,
-    as_json: bool = JSON,
-    overwrite: bool = OVERWRITE,
-    on_error: OnError = ON_ERROR,
+        "float32", "--probabilities-dtype", help="float32, or uint8 scaled 0-255."),
+    **options,
 ) -> None:
     """Segment rasters into georeferenced class rasters (OUT.tif, DIR/<stem>.classes.tif)."""
-    from .pipeline import predict_raster, probabilities_path_for
+    from .pipeline import predict_raster
 
-    paths = _expand_inputs(inputs)
-    mains = _plan(paths, output, out_dir, ".classes.tif")
-    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, gsd, quiet)
-    planned = [
-        [main, (out_dir / f"{input_stem(path)}.probabilities.tif" if out_dir else probabilities_path_for(main))
-         if probabilities else None]
-        for path, main in zip(paths, mains)
-    ]
-    loaded = _load(model, batch_size, device, precision, xla)
-
-    def work(path: str, outputs: List[Path], progress):
+    def work(path, outputs, model, run, reading, progress):
         return predict_raster(
-            path, outputs[0], model=loaded, probabilities=outputs[1],
-            tile=tile, overlap=overlap, batch_size=batch_size, blend=blend.value,
+            path, outputs["classes"], model=model, probabilities=outputs.get("probabilities"), tile=run.tile,
+            overlap=run.overlap, batch_size=run.batch_size, blend=run.blend,
             probabilities_dtype=probabilities_dtype.value, reading=reading, progress=progress,
         )
 
-    _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,
-               settings={"tile": tile, "overlap": overlap, "batch_size": batch_size})
+    _run_command("predict", _expand_inputs(inputs), output, "classes", ["probabilities"] if probabilities else [], {}, work, options)
 
 
 @app.command()
+@_with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
 def features(
     inputs: List[str] = INPUTS,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Feature raster path (one input)."),
-    out_dir: Optional[Path] = OUT_DIR,
-    model: Optional[str] = MODEL,
-    tile: int = TILE,
-    overlap: int = OVERLAP,
-    batch_size: int = BATCH,
-    blend: Blend = BLEND,
-    dtype: FeatureDtype = typer.Option(FeatureDtype.float16, "--dtype", help="float16 (half precision on disk) or float32."),
+    dtype: FeatureDtype = typer.Option("float16", "--dtype", help="float16 (half precision on disk) or float32."),
     pool: Optional[str] = typer.Option(
         None, "--pool", metavar="SIZE",
         help="Also write mean-pooled embeddings per grid cell of SIZE metres (or 256px) to <name>.pooled.gpkg.",
@@ -432,58 +356,26 @@ def features(
         None, "--preview", metavar="PNG",
         help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.",
     ),
-    bands: Optional[str] = BANDS,
-    recipe: str = RECIPE,
-    scale: str = SCALE,
-    normalize: str = NORMALIZE,
-    gsd: Optional[float] = GSD,
-    device: Optional[str] = DEVICE,
-    precision: str = PRECISION,
-    xla: bool = XLA,
-    quiet: bool = QUIET,
-    as_json: bool = JSON,
-    overwrite: bool = OVERWRITE,
-    on_error: OnError = ON_ERROR,
+    **options,
 ) -> None:
     """Write dense 1/4-resolution features (OUT.tif, DIR/<stem>.features.tif)."""
-    from .pipeline import extract_features, pooled_path_for
+    from .pipeline import extract_features
 
-    paths = _expand_inputs(inputs)
-    mains = _plan(paths, output, out_dir, ".features.tif")
-    reading = _check_common(tile, overlap, batch_size, blend, bands, recipe, scale, normalize, gsd, quiet)
-    if preview and len(paths) > 1 and "{stem}" not in preview:
-        _fail("--preview names one file but several inputs were given: use a pattern such as "
-              "'previews/{stem}.png'", EXIT_USAGE)
-    planned = [
-        [main, (out_dir / f"{input_stem(path)}.pooled.gpkg" if out_dir else pooled_path_for(main)) if pool else None,
-         Path(preview.replace("{stem}", input_stem(path))) if preview else None]
-        for path, main in zip(paths, mains)
-    ]
     with _reported(EXIT_USAGE):
-        if pool:
-            from .embeddings import parse_pool_spec, require_pyogrio
+        FeatureOptions(dtype.value, pool).check()
 
-            parse_pool_spec(pool)
-            require_pyogrio()
-    loaded = _load(model, batch_size, device, precision, xla)
-    with _reported(EXIT_USAGE):
-        loaded.check_features()
-
-    def work(path: str, outputs: List[Optional[Path]], progress):
+    def work(path, outputs, model, run, reading, progress):
         return extract_features(
-            path, outputs[0], model=loaded, tile=tile, overlap=overlap, batch_size=batch_size,
-            blend=blend.value, dtype=dtype.value, pool=pool, pooled=outputs[1], preview=outputs[2],
-            reading=reading, progress=progress,
+            path, outputs["features"], model=model, tile=run.tile, overlap=run.overlap, batch_size=run.batch_size,
+            blend=run.blend, dtype=dtype.value, pool=pool, pooled=outputs.get("pooled"),
+            preview=outputs.get("preview"), reading=reading, progress=progress,
         )
 
-    _run_batch(paths, planned, work, quiet=quiet, as_json=as_json, overwrite=overwrite, on_error=on_error,
-               settings={"tile": tile, "overlap": overlap, "batch_size": batch_size})
+    given = {"preview": preview} if preview else {}
+    _run_command("features", _expand_inputs(inputs), output, "features", ["pooled"] if pool else [], given, work, options)
 
 
 def main() -> None:
-    # Every block is read once and written once: GDAL's default cache (5 % of RAM) would
-    # only hold blocks that are never used again and grow with the image.
-    os.environ.setdefault("GDAL_CACHEMAX", "64")
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:

@@ -58,6 +58,14 @@ DEFAULT_BATCH_SIZE = 4
 #: (the blue channel replaced by the mean of red and green), values in [0, 1].
 INPUT_RECIPE = "pseudo-RGB [R, G, (R+G)/2], values in [0, 1]"
 
+#: How the input bands are composed: ``pseudo-rgb`` as above, or ``rgb`` (three bands
+#: as they are, a domain shift for this model).
+RECIPES = ("pseudo-rgb", "rgb")
+
+#: How [0, 1] values are normalised: ``unit`` as they are (the model card), ``isprs``
+#: with the ISPRS mean and standard deviation below (the authors' benchmark code).
+NORMALIZATIONS = ("unit", "isprs")
+
 #: ISPRS statistics of [0, 1] pseudo-RGB (the authors' benchmark code normalised
 #: with them; the model card feeds plain [0, 1]).
 ISPRS_MEAN = (0.33909638, 0.36251904, 0.34982737)

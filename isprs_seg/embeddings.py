@@ -14,8 +14,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .errors import InputError
-from .raster import IsprsSegWarning, is_georeferenced
+from .errors import InputError, IsprsSegWarning
+from .raster import metres_per_pixel
 
 #: Layer name of the pooled table.
 POOLED_LAYER = "pooled_features"
@@ -59,15 +59,9 @@ def pool_cell(value: str | float, src) -> tuple[int, int]:
     if unit == "px":
         wanted = (size, size)
     else:
-        crs = src.crs
-        if crs is None or not crs.is_projected or not is_georeferenced(src):
-            raise InputError(
-                f"--pool {value} is in metres but {src.name} has no projected CRS: give the "
-                "cell size in pixels instead, e.g. --pool 256px"
-            )
-        to_metres = crs.linear_units_factor[1]
-        a, _, _, _, e, _ = src.transform[:6]
-        wanted = (size / (abs(e) * to_metres), size / (abs(a) * to_metres))
+        hint = ": give the cell size in pixels instead, e.g. --pool 256px"
+        x_metres, y_metres = metres_per_pixel(src, f"--pool {value} (metres)", hint)
+        wanted = (size / y_metres, size / x_metres)
     cell = tuple(max(4, int(round(w / 4)) * 4) for w in wanted)
     if any(abs(c - w) > 0.01 * w for c, w in zip(cell, wanted)):
         warnings.warn(
@@ -95,7 +89,6 @@ class CellPooler:
     """
 
     def __init__(self, path: Path, src, cell: tuple[int, int], stride: int, height: int, width: int, channels: int):
-        require_pyogrio()
         self.path, self.stride = path, stride
         self.cell_rows, self.cell_cols = cell[0] // stride, cell[1] // stride  # in feature pixels
         self.cell_px = cell

@@ -1,4 +1,6 @@
-"""Errors whose message is meant for the user: one clear sentence, no traceback."""
+"""Errors and warnings whose message is meant for the user: one clear sentence, no traceback."""
+
+from __future__ import annotations
 
 
 class IsprsSegError(Exception):
@@ -15,3 +17,23 @@ class InputError(IsprsSegError):
 
 class OutputError(IsprsSegError):
     """An output could not be written."""
+
+
+class IsprsSegWarning(UserWarning):
+    """Something the user should know about an input or output; processing goes on."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The most specific one-line reason an exception gives, without a final full stop.
+
+    rasterio wraps GDAL's own error as the cause of a generic one ("... see previous
+    exception"), and urllib puts the reason in ``exc.reason``: both are unwrapped.
+    """
+    while exc.__cause__ is not None and "previous exception" in str(exc):
+        exc = exc.__cause__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        text = str(getattr(exc, "reason", None) or exc)
+    lines = text.strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__

@@ -1,226 +1,27 @@
-"""Model layer: resolve a handle to a local SavedModel, load it, detect how to call it.
+"""Model layer: load a SavedModel, detect how to call it, and call it in fixed-shape batches.
 
 Knows nothing of rasters: it takes batches of float32 images ``[n, h, w, 3]`` in the
-model's input space and returns class probabilities or feature maps as numpy arrays.
-
-A handle is one of
-- a TF Hub handle or any ``http(s)://`` URL (a ``.tar.gz`` or a hub model page),
-  downloaded once by ``tensorflow_hub`` into the cache (see :func:`cache_dir`);
-- a local SavedModel directory;
-- a local ``.tar.gz`` / ``.tgz`` / ``.tar`` archive of a SavedModel, unpacked once
-  into the cache.
+model's input space (or raw patches with an input recipe applied inside the call) and
+returns class probabilities or feature maps as numpy arrays. Where a handle leads is
+:mod:`isprs_seg.hub`'s business.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
-import socket
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from . import contract
 from ._tf import tensorflow
-from .errors import ModelError
+from .errors import ModelError, first_line
+from .hub import ModelSource, check_destination, copy_saved_model, resolve
 
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-_OFFLINE_HINT = (
-    "on a machine without internet, run `isprs-seg model fetch --to DIR` where there "
-    "is internet, copy DIR over and pass `--model DIR`"
-)
-#: Seconds without data before a download is abandoned.
-_DOWNLOAD_TIMEOUT = 120
 #: Side of the probe image used to detect the calling convention (a multiple of 32).
 _PROBE_SIZE = 64
-
-
-# --------------------------------------------------------------------------- resolving
-
-
-def default_handle() -> str:
-    """The model used when none is given: ``$ISPRS_SEG_MODEL`` or the TF Hub handle."""
-    return os.environ.get(contract.MODEL_ENV_VAR) or contract.DEFAULT_MODEL
-
-
-def cache_dir() -> Path:
-    """Where downloads and unpacked archives are kept.
-
-    ``$TFHUB_CACHE_DIR`` when set (shared with tensorflow_hub), else a per-user cache
-    directory that survives reboots (tensorflow_hub's own default is under /tmp).
-    """
-    env = os.environ.get("TFHUB_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "isprs-seg" / "tfhub"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a handle led: the user's handle and the local SavedModel directory."""
-
-    handle: str
-    path: Path
-    kind: str  # "directory", "archive" or "url"
-
-    def describe(self) -> str:
-        how = {
-            "directory": "local SavedModel directory",
-            "archive": "unpacked from a local archive into the cache",
-            "url": "downloaded into the cache",
-        }[self.kind]
-        return f"{self.path} ({how})"
-
-
-def _is_url(handle: str) -> bool:
-    return handle.startswith(("http://", "https://", "gs://"))
-
-
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
-
-
-def resolve(handle: str | os.PathLike | None = None) -> ModelSource:
-    """Turn a handle into a local SavedModel directory, downloading or unpacking once."""
-    handle = str(handle) if handle is not None else default_handle()
-    if handle.startswith("tfhub.dev/"):
-        handle = "https://" + handle
-    if _is_url(handle):
-        return ModelSource(handle, _saved_model_root(_download(handle), handle), "url")
-    path = Path(handle).expanduser()
-    if path.is_dir():
-        return ModelSource(handle, _saved_model_root(path, handle), "directory")
-    if path.is_file() and _is_archive(path):
-        return ModelSource(handle, _saved_model_root(_unpack(path), handle), "archive")
-    if path.exists():
-        raise ModelError(
-            f"model {handle} is neither a SavedModel directory nor a .tar.gz archive of one"
-        )
-    raise ModelError(
-        f"model {handle} not found: expected a SavedModel directory, a .tar.gz archive "
-        "or an http(s) URL / TF Hub handle"
-    )
-
-
-@contextlib.contextmanager
-def _hub_environment() -> Iterator[None]:
-    """Point tensorflow_hub at our cache and bound network waits, then restore."""
-    saved_env = os.environ.get("TFHUB_CACHE_DIR")
-    saved_timeout = socket.getdefaulttimeout()
-    os.environ["TFHUB_CACHE_DIR"] = str(cache_dir())
-    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(saved_timeout)
-        if saved_env is None:
-            os.environ.pop("TFHUB_CACHE_DIR", None)
-        else:
-            os.environ["TFHUB_CACHE_DIR"] = saved_env
-
-
-def _download(url: str) -> Path:
-    tensorflow()
-    import tensorflow_hub as hub
-
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        with _hub_environment():
-            return Path(hub.resolve(url))
-    except Exception as exc:  # urllib, tarfile, tf.errors: all mean the same to the user
-        raise ModelError(
-            f"could not download the model from {url} ({_reason(exc)}); {_OFFLINE_HINT}"
-        ) from exc
-
-
-def _unpack(archive: Path) -> Path:
-    """Unpack a local archive once into the cache, atomically."""
-    stat = archive.stat()
-    key = hashlib.sha1(
-        f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    ).hexdigest()
-    root = cache_dir()
-    target = root / f"archive-{key}"
-    if target.is_dir():
-        return target
-    tmp = None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
-        with tarfile.open(archive) as tar:
-            _extract(tar, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process
-                raise
-    except (OSError, tarfile.TarError) as exc:
-        raise ModelError(f"could not unpack the model archive {archive} into {root} ({_reason(exc)})") from exc
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _extract(tar: tarfile.TarFile, destination: Path) -> None:
-    """Extract safely: no absolute paths, no ``..``, no links leaving the destination."""
-    if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
-        tar.extractall(destination, filter="data")
-        return
-    root = destination.resolve()
-    for member in tar.getmembers():
-        target = (destination / member.name).resolve()
-        if root not in (target, *target.parents) or member.issym() or member.islnk():
-            raise tarfile.TarError(f"unsafe member {member.name!r}")
-    tar.extractall(destination)
-
-
-def _saved_model_root(path: Path, handle: str) -> Path:
-    """The directory holding ``saved_model.pb``: ``path`` itself or one level or two below."""
-    for depth in range(3):
-        pattern = "/".join(["*"] * depth + ["saved_model.pb*"])
-        found = sorted(path.glob(pattern))
-        if found:
-            return found[0].parent
-    raise ModelError(f"model {handle} holds no TensorFlow SavedModel (no saved_model.pb in {path})")
-
-
-def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
-    """Download (or unpack) a model, check it loads, and copy it to ``destination``.
-
-    The destination is a plain SavedModel directory: copy it to an offline machine and
-    pass it as ``--model``. It must not exist yet or be empty.
-    """
-    dest = Path(destination).expanduser()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ModelError(f"{dest} already exists and is not an empty directory")
-    model = load_model(handle)
-    tmp = None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        shutil.copytree(model.source.path, tmp, dirs_exist_ok=True)
-        if dest.exists():
-            dest.rmdir()
-        tmp.rename(dest)
-    except OSError as exc:
-        raise ModelError(f"could not write the model to {dest} ({_reason(exc)})") from exc
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return model
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "reason", None) or exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).rstrip(".")
 
 
 # --------------------------------------------------------------------------- calling
@@ -433,7 +234,7 @@ def _detect(obj, source: ModelSource) -> dict:
             tf = tensorflow()
             out = _invoke(predict.fn, convention, tf.constant(probe)).numpy()
         except Exception as exc:  # noqa: BLE001 - any failure means "not this convention"
-            errors.append(f"{convention}: {_reason(exc)}")
+            errors.append(f"{convention}: {first_line(exc)}")
             continue
         if out.ndim == 4 and out.shape[:3] == probe.shape[:3] and out.shape[3] >= 2:
             break
@@ -469,7 +270,7 @@ def _detect(obj, source: ModelSource) -> dict:
         except Exception as exc:  # noqa: BLE001
             raise ModelError(
                 f"model {source.handle}: get_features failed on a {_PROBE_SIZE}x{_PROBE_SIZE} "
-                f"probe ({_reason(exc)})"
+                f"probe ({first_line(exc)})"
             ) from exc
         side = -(-_PROBE_SIZE // contract.FEATURE_STRIDE)
         if fout.ndim != 4 or fout.shape[:3] != (n, side, side):
@@ -525,8 +326,20 @@ def load_model(
         obj = tf.saved_model.load(str(source.path))
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
         raise ModelError(
-            f"could not load the SavedModel in {source.path} ({_reason(exc)}); "
+            f"could not load the SavedModel in {source.path} ({first_line(exc)}); "
             "fetch it again with `isprs-seg model fetch` or pass another `--model DIR`"
         ) from exc
     detected = _detect(obj, source)
     return Model(source=source, batch_size=batch_size, device=device, xla=xla, _obj=obj, **detected)
+
+
+def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
+    """Download (or unpack) a model, check it loads, and copy it to ``destination``.
+
+    The destination is a plain SavedModel directory: copy it to an offline machine and
+    pass it as ``--model``. It must not exist yet or be empty.
+    """
+    dest = check_destination(destination)  # before a download that would be wasted
+    model = load_model(handle)
+    copy_saved_model(model.source, dest)
+    return model

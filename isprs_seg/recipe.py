@@ -19,13 +19,10 @@ from rasterio.enums import ColorInterp, Resampling
 
 from . import contract
 from ._tf import tensorflow
-from .errors import InputError
-from .raster import IsprsSegWarning
+from .errors import InputError, IsprsSegWarning
 
 log = logging.getLogger("isprs_seg")
 
-RECIPES = ("pseudo-rgb", "rgb")
-NORMALIZATIONS = ("unit", "isprs")
 #: Side of the decimated read used for whole-image statistics.
 _STATS_SIDE = 1024
 #: Bit depths recognised in integer data, by the largest value found.
@@ -84,33 +81,6 @@ class InputRecipe:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def parse_bands(text: str | None) -> tuple[int, ...] | None:
-    """``"2,3"`` -> (2, 3); None stays None (choose from the file)."""
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise InputError(f"--bands takes 1-based band numbers such as 1,2,3, got {text!r}") from None
-    if not 2 <= len(bands) <= 3 or min(bands) < 1:
-        raise InputError(f"--bands takes two or three 1-based band numbers (R,G[,B]), got {text!r}")
-    return bands
-
-
-def parse_scale(text: str | None) -> tuple[float, float] | None:
-    """``"auto"``/None -> None; ``"4095"`` -> (0, 4095); ``"100,3000"`` -> (100, 3000)."""
-    if text is None or str(text).strip().lower() == "auto":
-        return None
-    try:
-        parts = [float(p) for p in str(text).split(",")]
-    except ValueError:
-        raise InputError(f"--scale takes auto, MAX or MIN,MAX, got {text!r}") from None
-    low, high = (0.0, parts[0]) if len(parts) == 1 else tuple(parts) if len(parts) == 2 else (0.0, 0.0)
-    if len(parts) > 2 or not high > low or not (math.isfinite(low) and math.isfinite(high)):
-        raise InputError(f"--scale takes auto, MAX or MIN,MAX with MAX above MIN, got {text!r}")
-    return low, high
 
 
 def _alpha_band(src) -> int | None:
@@ -182,11 +152,11 @@ def resolve_recipe(
     scale: tuple[float, float] | None = None,
     normalize: str = "unit",
 ) -> InputRecipe:
-    """Decide how to read ``src`` once for the whole image (see the module docstring)."""
-    if recipe not in RECIPES:
-        raise InputError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    if normalize not in NORMALIZATIONS:
-        raise InputError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    """Decide how to read ``src`` once for the whole image (see the module docstring).
+
+    ``bands``, ``scale`` as parsed by :mod:`isprs_seg.options`; ``recipe`` and
+    ``normalize`` one of :data:`contract.RECIPES` and :data:`contract.NORMALIZATIONS`.
+    """
     alpha = _alpha_band(src)
     mask = "dataset"
     if alpha is not None and not _alpha_is_a_mask(src, alpha):

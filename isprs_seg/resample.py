@@ -1,46 +1,41 @@
 """Running the model at another ground sampling distance (``--gsd``).
 
-:class:`ResampledSource` shows the input at the model's resolution through GDAL
+:class:`ResampledView` shows the input at the model's resolution through GDAL
 decimated reads (averaging when shrinking, bilinear when enlarging), computed on the fly
 for the rows being processed. :class:`Regridder` brings the blended outputs back onto
 the input's own grid by bilinear interpolation of the model-grid results, streaming row
-by row, so the outputs have the size and transform they would have without ``--gsd``.
+by row, so the outputs have the size and transform they would have without ``--gsd``;
+:class:`RegriddedSink` puts it between the engine and the writers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .errors import InputError
-from .raster import is_georeferenced
+from .blend import pool_valid
+from .raster import metres_per_pixel, open_input, read_validity
+
+if TYPE_CHECKING:
+    from .engine import Sink
 
 
-class ResampledSource:
-    """The dataset ``src`` seen with square pixels of ``gsd`` metres.
+class ResampledView:
+    """The dataset ``src`` seen with square pixels of ``gsd`` metres (a :class:`RasterView`).
 
-    Offers what the reader uses of a rasterio dataset (``read``, ``dataset_mask``,
-    ``height``, ``width``, ``dtypes``, ``nodata``, ``mask_flag_enums``, ``name``).
     The grid starts at the input's origin; a last partial pixel is left out (the
     regridder extends the outputs over it).
     """
 
     def __init__(self, src, gsd: float):
-        if gsd <= 0 or not math.isfinite(gsd):
-            raise InputError(f"--gsd must be a positive number of metres, got {gsd}")
-        crs = src.crs
-        if crs is None or not crs.is_projected or not is_georeferenced(src):
-            raise InputError(f"--gsd needs a projected CRS in metres, and {src.name} has none")
-        a, b, _, d, e, _ = src.transform[:6]
-        if b or d:
-            raise InputError(f"--gsd needs a north-up grid, and {src.name} is rotated")
-        size = gsd / crs.linear_units_factor[1]
+        x_metres, y_metres = metres_per_pixel(src, "--gsd")
         self.src = src
-        self.scale_x, self.scale_y = size / abs(a), size / abs(e)  # input pixels per model pixel
+        self.scale_x, self.scale_y = gsd / x_metres, gsd / y_metres  # input pixels per model pixel
         self.width = max(1, math.floor(src.width / self.scale_x))
         self.height = max(1, math.floor(src.height / self.scale_y))
         shrinking = min(self.scale_x, self.scale_y) >= 1
@@ -142,3 +137,40 @@ class Regridder:
         values = np.zeros_like(num, dtype=np.float32)
         np.divide(num, den[..., None], out=values, where=valid[..., None])
         return values, valid
+
+
+class RegriddedSink:
+    """A sink that takes rows on the view's grid and hands ``inner`` rows on the input's grid.
+
+    ``stride`` is the output's (1 for classes, 4 for features). The input's validity is
+    read through a dataset handle of its own (:meth:`opened`), since this runs in the
+    engine's blend thread while the reader thread reads the view.
+    """
+
+    def __init__(self, src, view: ResampledView, mask: str, stride: int, inner: "Sink"):
+        self.src, self.mask, self.stride, self.inner = src, mask, stride, inner
+        self.regridder = Regridder(
+            (-(-src.height // stride), -(-src.width // stride)),
+            (-(-view.height // stride), -(-view.width // stride)),
+            (view.scale_y, view.scale_x), self._native_valid, inner.write,
+        )
+
+    @classmethod
+    @contextlib.contextmanager
+    def opened(cls, view: ResampledView, mask: str, stride: int, inner: "Sink"):
+        with open_input(view.src.name) as src:
+            yield cls(src, view, mask, stride, inner)
+
+    def _native_valid(self, row: int, rows: int) -> np.ndarray:
+        src, stride = self.src, self.stride
+        first, last = row * stride, min(src.height, (row + rows) * stride)
+        valid = np.zeros((rows * stride, -(-src.width // stride) * stride), bool)
+        valid[: last - first, : src.width] = read_validity(src, self.mask, first, last - first)
+        return pool_valid(valid, stride)
+
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        self.regridder.add(row, values, valid)
+
+    def finish(self) -> None:
+        self.regridder.finish()
+        self.inner.finish()

@@ -15,7 +15,8 @@ import pytest
 from conftest import run_cli
 from isprs_seg import contract
 from isprs_seg.errors import ModelError
-from isprs_seg.model import cache_dir, default_handle, load_model
+from isprs_seg.hub import cache_dir, default_handle
+from isprs_seg.model import load_model
 from isprs_seg.testing.standins import make_archive
 
 

@@ -197,13 +197,13 @@ def test_cli_writes_paths_to_stdout_and_continues_after_a_bad_input(tmp_path, sm
 
 
 def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, small_model, monkeypatch):
-    from isprs_seg import raster
+    from isprs_seg import outputs
     from isprs_seg.errors import OutputError
 
     def fail(self):
         raise OutputError("No space left on device")
 
-    monkeypatch.setattr(raster.BlockRowWriter, "_flush", fail)
+    monkeypatch.setattr(outputs.BlockRowWriter, "_flush", fail)
     with pytest.raises(OutputError):
         predict_raster(HRO_PLAIN, tmp_path / "x.tif", model=small_model, probabilities=True, tile=128, overlap=64)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,136 @@
+"""Many inputs in one go: plan every output before any work, skip what is done, keep
+going after a failure, and describe each input's outcome in one record.
+
+The command line prints the records (paths, or JSON lines with ``--json``); the
+Python API can use the same functions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .errors import InputError, IsprsSegError, OutputError, first_line
+from .outputs import check_output_path, output_paths
+
+#: Statuses of a record.
+OK, SKIPPED, ERROR = "ok", "skipped", "error"
+
+
+def plan_outputs(
+    inputs: Sequence[str], main: str, extra: Sequence[str] = (), *,
+    output: str | Path | None = None, out_dir: str | Path | None = None, given: dict | None = None,
+) -> list[dict[str, Path]]:
+    """The outputs of each input by role (see :func:`isprs_seg.outputs.output_paths`).
+
+    ``given`` as there, the same for every input (use ``{stem}`` to tell them apart).
+    Usage errors are raised before any work: no input, both or neither of ``output``
+    and ``out_dir``, ``output`` with several inputs, two inputs writing the same file.
+    """
+    if output is not None and out_dir is not None:
+        raise InputError("give either -o/--output or --out-dir, not both")
+    if not inputs:
+        raise InputError("no input files given")
+    if output is not None:
+        if len(inputs) > 1:
+            raise InputError(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir")
+        check_output_path(Path(output))
+        return [output_paths(inputs[0], main, extra, output=output, given=given)]
+    if out_dir is None:
+        raise InputError("give -o OUT.tif for one input or --out-dir DIR")
+    if not Path(out_dir).is_dir():
+        raise OutputError(f"output directory {out_dir} does not exist")
+    planned = [output_paths(path, main, extra, out_dir=out_dir, given=given) for path in inputs]
+    writer: dict[str, str] = {}
+    for path, outputs in zip(inputs, planned):
+        for role, target in outputs.items():
+            key = os.path.abspath(target)
+            if key in writer:
+                hint = (f"make the {role} path a pattern with {{stem}}" if role in (given or {}) else
+                        "give inputs with distinct file names, or run them into different --out-dir")
+                raise InputError(f"{writer[key]} and {path} would both write {target}: {hint}")
+            writer[key] = path
+    return planned
+
+
+@dataclass
+class Record:
+    """The outcome of one input. Every key is always present, None where it does not apply."""
+
+    input: str
+    status: str = OK
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tiles: int | None = None
+    skipped_tiles: int | None = None
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    seconds: float | None = None
+    class_fractions: dict[str, float] | None = None
+    exception: BaseException | None = field(default=None, repr=False)  # for --debug, never serialised
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        del data["exception"]
+        return data
+
+
+def error_message(path: str, exc: BaseException) -> str:
+    """One sentence naming the input: ours as they are, the libraries' first line."""
+    if isinstance(exc, IsprsSegError):
+        text = str(exc)
+    else:
+        from rasterio.errors import RasterioError
+
+        text = first_line(exc)
+        if not isinstance(exc, (RasterioError, OSError)):
+            text = f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
+    return text if path in text else f"{path}: {text}"
+
+
+#: Runs one input: (input, its outputs by role) -> a result with the fields of a :class:`Record`.
+Work = Callable[[str, dict], object]
+
+
+def run_batch(
+    inputs: Sequence[str], planned: Sequence[dict[str, Path]], work: Work, *,
+    overwrite: bool = False, stop_on_error: bool = False, settings: dict | None = None,
+) -> Iterator[Record]:
+    """Run ``work`` for each input and yield its record as soon as it is known.
+
+    An input whose outputs all exist is skipped unless ``overwrite``. A failure is
+    recorded and the batch goes on (unless ``stop_on_error``); KeyboardInterrupt and
+    other BaseExceptions end it.
+    """
+    for path, outputs in zip(inputs, planned):
+        record = Record(path, **(settings or {}))
+        started = time.perf_counter()
+        if not overwrite and all(p.is_file() for p in outputs.values()):
+            record.status, record.seconds = SKIPPED, 0.0
+            record.outputs = [str(outputs[r]) for r in _main_first(outputs)]
+        else:
+            try:
+                result = work(path, outputs)
+            except Exception as exc:  # noqa: BLE001 - one bad input must not end the batch
+                record.status, record.error, record.exception = ERROR, error_message(path, exc), exc
+                record.seconds = round(time.perf_counter() - started, 3)
+            else:
+                for key, value in asdict(result).items():
+                    if key != "input":
+                        setattr(record, key, value)
+                record.seconds = round(record.seconds, 3)
+                record.class_fractions = record.class_fractions or None  # features: none
+        yield record
+        if record.status == ERROR and stop_on_error:
+            return
+
+
+def _main_first(outputs: dict[str, Path]) -> list[str]:
+    roles = list(outputs)
+    return roles[-1:] + roles[:-1]

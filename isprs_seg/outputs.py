@@ -1,0 +1,344 @@
+"""Raster output: where outputs go, and writing them safely.
+
+Outputs are referred to by role (``classes``, ``probabilities``, ``features``,
+``pooled``, ``preview``). They are written under a temporary name in the destination
+directory and renamed only when complete (:func:`atomic_outputs`), in whole blocks of
+rows (:class:`BlockRowWriter`) so that compressed tiles are written once. Knows nothing
+of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import rasterio
+import rasterio.control
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from ._native import native_stderr_captured
+from .errors import OutputError, first_line
+
+#: Block side of every output GeoTIFF but feature rasters.
+OUTPUT_BLOCK = 512
+
+#: Block side of feature rasters: a block holds every channel of 64 x 64 pixels (pixel
+#: interleaved), so one read gives whole feature vectors; the writer buffers one block
+#: row, 64 x width/4 x 720 float32 values.
+FEATURE_BLOCK = 64
+
+#: File name suffix of each output role after the input's stem (``--out-dir``) or after
+#: the main output's name without its extension (``-o OUT.tif``).
+SUFFIXES = {
+    "classes": ".classes.tif",
+    "probabilities": ".probabilities.tif",
+    "features": ".features.tif",
+    "pooled": ".pooled.gpkg",
+}
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def input_stem(path: str | os.PathLike) -> str:
+    """``/data/a/ortho.tif`` and ``/vsizip/x.zip/ortho.tif`` -> ``ortho``."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def output_paths(
+    input: str | os.PathLike, main: str, extra: Sequence[str] = (), *,
+    output: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+    given: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Path]:
+    """The paths of the outputs of one input, by role, the ``main`` role last.
+
+    With ``output`` (``-o OUT.tif``) the main output is ``OUT.tif`` and the ``extra``
+    ones ``OUT<suffix>``; with ``out_dir`` they are all ``DIR/<input stem><suffix>``
+    (:data:`SUFFIXES`). ``given`` names other outputs explicitly, ``{stem}`` in them
+    standing for the input's stem.
+    """
+    if (output is None) == (out_dir is None):
+        raise ValueError("give exactly one of output and out_dir")
+    stem = input_stem(input)
+    if output is not None:
+        output = Path(output)
+        base = output.parent / (output.name[: -len(output.suffix)] if output.suffix else output.name)
+    else:
+        base = Path(out_dir) / stem
+    given = given or {}
+    paths = {role: base.with_name(base.name + SUFFIXES[role]) for role in extra if role not in given}
+    paths.update({role: Path(str(path).replace("{stem}", stem)) for role, path in given.items()})
+    paths[main] = output if output is not None else base.with_name(base.name + SUFFIXES[main])
+    return paths
+
+
+def check_output_path(path: Path) -> None:
+    """Fail early, before any work, when ``path`` cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+
+
+def check_outputs(input: str | os.PathLike, finals: Mapping[str, Path]) -> None:
+    """Every output writable, no two the same file, none the input."""
+    paths = list(finals.values())
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise OutputError(f"two outputs would be written to the same file: {', '.join(map(str, paths))}")
+    for path in paths:
+        check_output_path(path)
+        if str(input) == str(path) or (Path(input).exists() and Path(input).resolve() == path.resolve()):
+            raise OutputError(f"output {path} would overwrite the input")
+
+
+# --------------------------------------------------------------------------- atomic outputs
+
+
+@contextlib.contextmanager
+def atomic_outputs(finals: Mapping[str, Path]) -> Iterator[dict[str, Path]]:
+    """Temporary paths beside ``finals`` (by role); renamed to the final names only on success.
+
+    On any exception (including KeyboardInterrupt) the temporaries are removed and no
+    file appears under a final name. GeoTIFFs are checked block by block before any
+    rename (:func:`verify_complete`). The renames go in order: put the file whose
+    presence means "done" last.
+    """
+    token = uuid.uuid4().hex[:8]
+    # hidden, unmistakably partial, and with the final suffix so drivers recognise the format
+    temps = {role: f.with_name(f".{f.stem}.{token}.partial{f.suffix}") for role, f in finals.items()}
+    try:
+        yield temps
+        for role, tmp in temps.items():
+            if _is_tiff(tmp):
+                verify_complete(tmp, finals[role])
+        for role, tmp in temps.items():
+            os.replace(tmp, finals[role])
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def verify_complete(path: Path, final: Path) -> None:
+    """Check that every block of a GeoTIFF just written lies inside the file.
+
+    GDAL compresses and writes cached blocks when a dataset is closed and only logs a
+    failure there (a full disk, a file size limit): without this check a truncated
+    file would be renamed as if complete.
+    """
+    size = path.stat().st_size
+    try:
+        with rasterio.open(path) as ds:
+            bands = [1] if ds.interleaving and ds.interleaving.value == "PIXEL" else ds.indexes
+            rows, cols = (-(-ds.height // ds.block_shapes[0][0]), -(-ds.width // ds.block_shapes[0][1]))
+            for band in bands:
+                for j in range(rows):
+                    for i in range(cols):
+                        offset = ds.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
+                        length = ds.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
+                        if not offset or not length or int(offset) + int(length) > size:
+                            raise OutputError(f"writing {final} failed part way (is the disk full?)")
+    except RasterioIOError as exc:
+        raise OutputError(f"writing {final} failed ({first_line(exc)})") from exc
+
+
+# --------------------------------------------------------------------------- creating rasters
+
+
+def _base_profile(src, count: int, dtype: str) -> dict:
+    profile = {
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": count,
+        "dtype": dtype,
+        "tiled": True,
+        "blockxsize": OUTPUT_BLOCK,
+        "blockysize": OUTPUT_BLOCK,
+        "compress": "deflate",
+        "predictor": 3 if dtype.startswith("float") else 2,
+        "num_threads": "all_cpus",  # GDAL compresses blocks in worker threads
+        "bigtiff": "if_safer",
+        "interleave": "pixel" if count == 1 else "band",
+    }
+    if src.crs is not None or not src.transform.is_identity:
+        profile["crs"] = src.crs
+        profile["transform"] = src.transform
+    return profile
+
+
+def _copy_gcps(src, dst, stride: int = 1) -> None:
+    """Carry ground control points over to an output at 1/``stride`` of the input grid."""
+    gcps, crs = src.gcps
+    if gcps:
+        scaled = [rasterio.control.GroundControlPoint(g.row / stride, g.col / stride, g.x, g.y, g.z, g.id, g.info)
+                  for g in gcps]
+        dst.gcps = (scaled, crs)
+
+
+@contextlib.contextmanager
+def _created(path: Path, profile: dict, src, stride: int = 1) -> Iterator[rasterio.io.DatasetWriter]:
+    """A new dataset, closed when the block ends (the only place outputs are closed).
+
+    GDAL compresses and writes its cached blocks at close; a failure there is only
+    logged (libtiff also prints it), so it is detected afterwards by
+    :func:`verify_complete` when the outputs are committed.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                dst = rasterio.open(path, "w", **profile)
+    except (RasterioIOError, OSError) as exc:
+        raise OutputError(f"cannot create {path} ({first_line(exc)})") from exc
+    try:
+        _copy_gcps(src, dst, stride)
+        yield dst
+    finally:
+        with native_stderr_captured():
+            dst.close()
+
+
+@contextlib.contextmanager
+def class_raster(
+    path: Path, src, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], nodata: int, tags: dict,
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """A uint8 class raster with the input's grid, a colour table and class names."""
+    profile = _base_profile(src, 1, "uint8") | {"nodata": nodata}
+    with _created(path, profile, src) as dst:
+        colormap = {i: (*c, 255) for i, c in enumerate(colors)}
+        colormap[nodata] = (0, 0, 0, 0)
+        dst.write_colormap(1, colormap)
+        dst.set_band_description(1, "class")
+        dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), NODATA_CLASS=str(nodata))
+        dst.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(class_names)})
+        yield dst
+
+
+@contextlib.contextmanager
+def probability_raster(path: Path, src, class_names: Sequence[str], dtype: str, tags: dict
+                       ) -> Iterator[rasterio.io.DatasetWriter]:
+    """One band per class: float32 (nodata NaN) or uint8 0-255 (internal mask)."""
+    profile = _base_profile(src, len(class_names), dtype)
+    if dtype == "float32":
+        profile["nodata"] = float("nan")
+    with _created(path, profile, src) as dst:
+        for i, name in enumerate(class_names, start=1):
+            dst.set_band_description(i, name)
+        scale = "probability" if dtype == "float32" else "probability * 255"
+        dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), VALUES=scale)
+        yield dst
+
+
+@contextlib.contextmanager
+def feature_raster(path: Path, src, channels: int, stride: int, dtype: str, tags: dict
+                   ) -> Iterator[rasterio.io.DatasetWriter]:
+    """Features at 1/``stride`` of the input grid: ``ceil(H/stride) x ceil(W/stride)``.
+
+    The transform is the input's times ``Affine.scale(stride)``. ``float16`` is stored
+    as GDAL Float32 with NBITS=16 (IEEE half precision on disk, float32 when read);
+    invalid pixels are NaN, the declared nodata value.
+    """
+    profile = _base_profile(src, channels, "float32")
+    profile.update(
+        width=-(-src.width // stride),
+        height=-(-src.height // stride),
+        blockxsize=FEATURE_BLOCK,
+        blockysize=FEATURE_BLOCK,
+        interleave="pixel",
+        nodata=float("nan"),
+        # a lighter codec than the DEFLATE of the class rasters: features are large and
+        # read by data tools; ZSTD level 1 is about 3x faster at the same size here
+        compress="zstd",
+        zstd_level=1,
+    )
+    if "transform" in profile:
+        profile["transform"] = src.transform @ Affine.scale(stride)
+    if dtype == "float16":
+        profile["nbits"] = 16
+    with _created(path, profile, src, stride) as dst:
+        dst.update_tags(**tags, FEATURE_STRIDE=str(stride), PRECISION=dtype)
+        yield dst
+
+
+# --------------------------------------------------------------------------- writing rows
+
+
+class BlockRowWriter:
+    """Writes rows that arrive in order, in whole blocks of rows, with an optional mask.
+
+    Rows are copied into one preallocated block-row buffer ``[bands, block_rows, width]``
+    (converted from the pipeline's channel-last layout on the way) and written when it
+    is full, so compressed tiles are written exactly once, without GDAL re-reading or
+    rewriting partial blocks. Memory: one block of rows of the output. The dataset
+    stays open: whoever opened it closes it.
+    """
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter, block_rows: int | None = None, mask: bool = False,
+                 fill: float | None = None):
+        self.dataset = dataset
+        self.block_rows = min(block_rows or dataset.block_shapes[0][0], dataset.height)
+        self.fill = fill
+        self.buffer = np.empty((dataset.count, self.block_rows, dataset.width), dataset.dtypes[0])
+        self.valid = np.empty((self.block_rows, dataset.width), bool) if mask else None
+        self.next_row = 0  # image row held in buffer row 0
+        self.filled = 0
+
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        """Rows ``[row, row + n)``: ``values [n, width, bands]`` (or ``[n, width]`` for one
+        band) and validity ``[n, width]``; invalid pixels get ``fill`` when one is set."""
+        if row != self.next_row + self.filled:
+            raise ValueError(f"rows must arrive in order: got {row}, expected {self.next_row + self.filled}")
+        if values.ndim == 2:
+            values = values[..., None]
+        done = 0
+        while done < len(values):
+            n = min(len(values) - done, self.block_rows - self.filled)
+            target = self.buffer[:, self.filled : self.filled + n]
+            np.copyto(target, np.moveaxis(values[done : done + n], -1, 0), casting="unsafe")
+            part = valid[done : done + n]
+            if self.fill is not None:
+                target[:, ~part] = self.fill
+            if self.valid is not None:
+                self.valid[self.filled : self.filled + n] = part
+            self.filled += n
+            done += n
+            if self.filled == self.block_rows or self.next_row + self.filled == self.dataset.height:
+                self._flush()
+
+    def finish(self) -> None:
+        """Write the rows still buffered; every row of the dataset must have arrived."""
+        if self.filled:
+            self._flush()
+        if self.next_row != self.dataset.height:
+            raise ValueError(f"{self.dataset.name}: {self.next_row} of {self.dataset.height} rows were written")
+
+    def _flush(self) -> None:
+        rows = self.filled
+        window = Window(0, self.next_row, self.dataset.width, rows)
+        try:
+            with native_stderr_captured():  # libtiff prints write failures itself
+                self.dataset.write(self.buffer[:, :rows], window=window)
+                if self.valid is not None:
+                    self.dataset.write_mask(np.where(self.valid[:rows], 255, 0).astype(np.uint8), window=window)
+        except (RasterioIOError, OSError) as exc:
+            raise OutputError(f"cannot write {self.dataset.name} ({first_line(exc)})") from exc
+        self.next_row += rows
+        self.filled = 0

@@ -1,0 +1,52 @@
+"""The plan of a run: every patch of the grid in a fixed order, and the batches they form.
+
+Pure, no TensorFlow and no files. The plan is the row-major list of the grid's patches
+(left to right, then top to bottom); a batch is a run of ``batch_size`` consecutive
+patches of that list (the last one may be shorter). Both depend only on the geometry,
+never on the data or on timing, so any engine that runs the same batches gets the
+same numbers: the model's output for a patch may depend on the batch it is in, but
+the batches never change. Patches without a valid pixel are dropped from their batch
+when it is read (:mod:`isprs_seg.engine`); the other patches of that batch stay
+together.
+
+Invariants (tested): every patch appears once, in row-major order; the batches,
+joined, are exactly that list; every batch but the last holds ``batch_size`` patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .grid import Grid
+
+
+@dataclass(frozen=True)
+class PlannedPatch:
+    """One patch of the grid: its place in the plan, its grid cell and its top-left pixel."""
+
+    index: int  # position in the row-major plan
+    row: int  # grid row (index into ``grid.rows.origins``)
+    col: int  # grid column
+    y: int  # top image row of the patch
+    x: int  # left image column
+
+
+Batch = tuple[PlannedPatch, ...]
+
+
+def plan_patches(grid: Grid) -> tuple[PlannedPatch, ...]:
+    """Every patch of ``grid`` in row-major order."""
+    cols = grid.cols.origins
+    return tuple(
+        PlannedPatch(i * len(cols) + j, i, j, y, x)
+        for i, y in enumerate(grid.rows.origins)
+        for j, x in enumerate(cols)
+    )
+
+
+def plan_batches(grid: Grid, batch_size: int) -> tuple[Batch, ...]:
+    """Consecutive runs of ``batch_size`` patches of :func:`plan_patches`."""
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, got {batch_size}")
+    patches = plan_patches(grid)
+    return tuple(patches[start : start + batch_size] for start in range(0, len(patches), batch_size))
