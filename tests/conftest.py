@@ -1,10 +1,16 @@
-"""Shared fixtures: real rasters from ../shared/data and stand-in models built once per session."""
+"""Shared fixtures: real rasters, stand-in models built once per session, and ways to run the CLI.
+
+Rasters come from ``../shared/data`` beside the checkout (``ISPRS_SEG_TEST_DATA``
+elsewhere). Tests that need them are skipped, with the reason shown in the summary,
+when that folder is absent; the pure tests need neither data nor TensorFlow models.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +25,17 @@ HRO_ALPHA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_alpha.tif"
 HRO_NODATA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_nodata.tif"
 HRO_MASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_mask.tif"
 HRO_EXTMASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_extmask.tif"
+HRO_COG = HRO / "cog_rgb.tif"
 ZANZIBAR = DATA / "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"
 ALPHA_MOSTLY_EMPTY = DATA / "misc" / "rasterio" / "alpha.tif"
 POTSDAM_PNG = DATA / "isprs" / "potsdam" / "img_dir" / "2_10_0_0_512_512.png"
+NAIP = DATA / "orthophoto" / "naip_rgbn_60cm" / "m_4208701_ne_16_060_20200902.tif"
+SOLARIS = DATA / "misc" / "solaris" / "sample_geotiff.tif"
 
-
-def pytest_configure(config):
-    if not DATA.is_dir():
-        raise pytest.UsageError(f"test rasters not found at {DATA} (set ISPRS_SEG_TEST_DATA)")
+#: Marks a test (or a module, as ``pytestmark``) that reads rasters from :data:`DATA`.
+needs_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"extended set: needs the test rasters of ../shared/data (not found at {DATA}; "
+                              "set ISPRS_SEG_TEST_DATA)")
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +103,29 @@ def valid_mask(path: Path) -> np.ndarray:
         return src.dataset_mask() > 0
 
 
-def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 600):
-    """Run ``isprs-seg`` in a subprocess, as a user's shell would."""
+@dataclass
+class Ran:
+    """How a command line run ended (the same fields in a subprocess and in-process)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, stdin: str | None = None) -> Ran:
+    """Run ``isprs-seg`` in this process (Typer's test runner): fast, for behaviour of the CLI."""
+    from typer.testing import CliRunner
+
+    from isprs_seg.cli import app
+
+    result = CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 600,
+            **popen) -> subprocess.CompletedProcess:
+    """Run ``isprs-seg`` in a subprocess, as a user's shell would: for signals, exit codes of the
+    process itself and what native libraries print."""
     return subprocess.run(
         [sys.executable, "-m", "isprs_seg", *args],
         input=stdin,
@@ -103,6 +133,7 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeo
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        **popen,
     )
 
 
@@ -124,3 +155,16 @@ def write_crop(src_path: Path, dst_path: Path, height: int, width: int, row: int
         with rasterio.open(dst_path, "w", **profile) as dst:
             dst.write(src.read(window=window))
     return dst_path
+
+
+def tall_input(path: Path, height: int, width: int = 384) -> Path:
+    """A tall, narrow orthophoto made by stacking crops of a real one."""
+    with rasterio.open(ZANZIBAR) as src:
+        block = src.read(window=((0, 512), (0, width)))
+        profile = src.profile | {"height": height, "width": width, "tiled": True,
+                                 "blockxsize": 128, "blockysize": 128, "compress": "deflate"}
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, height, 512):
+            n = min(512, height - row)
+            dst.write(block[:, :n], window=((row, row + n), (0, width)))
+    return path

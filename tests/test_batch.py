@@ -1,4 +1,8 @@
-"""Batch operation: bad inputs, stdin lists, JSON lines, exit codes, skip/overwrite, interrupts."""
+"""Batch operation: bad inputs, stdin lists, JSON lines, exit codes, skip/overwrite, interrupts.
+
+Most run the command line in-process; the subprocess tests are those about the process
+itself: signals, a file size limit, and what native libraries print.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ import time
 
 import pytest
 
-from conftest import HRO_MASK, HRO_NODATA, HRO_PLAIN, ZANZIBAR, run_cli
+from conftest import HRO_MASK, HRO_NODATA, HRO_PLAIN, ZANZIBAR, cli, needs_data, run_cli
+from isprs_seg.grid import make_grid
+
+pytestmark = needs_data
 
 FAST = ["--tile", "128", "--overlap", "64", "-q"]
 
@@ -48,7 +55,7 @@ def test_bad_input_gives_one_sentence_naming_it(tmp_path, small_dir, bad_inputs,
     path, expected = bad_inputs[kind]
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("predict", path, "--out-dir", str(out), "--model", str(small_dir), *FAST)
+    result = cli("predict", path, "--out-dir", str(out), "--model", str(small_dir), *FAST)
     assert result.returncode == 1
     line = _only_error_line(result.stderr)
     assert line.startswith("isprs-seg: error: ") and path in line and expected in line
@@ -61,7 +68,7 @@ def test_bad_input_gives_one_sentence_naming_it(tmp_path, small_dir, bad_inputs,
 )
 def test_bad_output_path_is_a_usage_error(tmp_path, small_dir, target, expected):
     (tmp_path / "existing_dir").mkdir()
-    result = run_cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / target), "--model", str(small_dir), *FAST)
+    result = cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / target), "--model", str(small_dir), *FAST)
     assert result.returncode == 2
     assert expected in _only_error_line(result.stderr)
 
@@ -76,17 +83,20 @@ def test_a_bad_file_in_the_middle_of_a_batch(tmp_path, small_dir, bad_inputs):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["status"] for r in records] == ["ok", "error", "ok"]
     assert records[1]["input"] == bad and "cannot be read" in records[1]["error"] and records[1]["outputs"] == []
+    assert all(list(r) == list(records[0]) for r in records), "every record has every key"
     good = records[0]
-    for key in ("width", "height", "tiles", "skipped_tiles", "tile", "overlap", "batch_size", "seconds",
-                "class_fractions"):
-        assert key in good
-    assert (good["width"], good["height"], good["tile"], good["overlap"]) == (383, 232, 128, 64)
+    assert (good["width"], good["height"], good["tile"], good["overlap"], good["batch_size"]) == (383, 232, 128, 64, 4)
+    assert good["tiles"] == len(make_grid(232, 383, 128, 64, 32)) and good["skipped_tiles"] == 0
+    assert good["error"] is None and 0 < good["seconds"] < 600
     assert sum(good["class_fractions"].values()) == pytest.approx(1.0)
+    failed = records[1]
+    assert [failed[k] for k in ("width", "tiles", "class_fractions")] == [None, None, None]
+    assert failed["tile"] == 128 and failed["seconds"] >= 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{HRO_PLAIN.stem}.classes.tif", f"{HRO_NODATA.stem}.classes.tif"]
     )
-    stop = run_cli("predict", bad, str(HRO_MASK), "--out-dir", str(out), "--model", str(small_dir),
-                   "--on-error", "stop", *FAST)
+    stop = cli("predict", bad, str(HRO_MASK), "--out-dir", str(out), "--model", str(small_dir),
+               "--on-error", "stop", *FAST)
     assert stop.returncode == 1 and not (out / f"{HRO_MASK.stem}.classes.tif").exists()
 
 
@@ -94,19 +104,19 @@ def test_paths_from_stdin_skip_and_overwrite(tmp_path, small_dir):
     out = tmp_path / "out"
     out.mkdir()
     listing = f"# orthophotos\n{HRO_PLAIN}\n\n   {HRO_NODATA}  \n"
-    first = run_cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), *FAST, stdin=listing)
+    first = cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), *FAST, stdin=listing)
     assert first.returncode == 0, first.stderr
     written = [out / f"{HRO_PLAIN.stem}.classes.tif", out / f"{HRO_NODATA.stem}.classes.tif"]
     assert first.stdout.splitlines() == [str(p) for p in written]
     mtimes = [p.stat().st_mtime_ns for p in written]
 
-    again = run_cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), "--json", *FAST, stdin=listing)
+    again = cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), "--json", *FAST, stdin=listing)
     assert again.returncode == 0
     assert [json.loads(l)["status"] for l in again.stdout.splitlines()] == ["skipped", "skipped"]
     assert [p.stat().st_mtime_ns for p in written] == mtimes
 
-    redo = run_cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), "--overwrite", *FAST,
-                   stdin=listing)
+    redo = cli("predict", "-", "--out-dir", str(out), "--model", str(small_dir), "--overwrite", *FAST,
+               stdin=listing)
     assert redo.returncode == 0 and all(p.stat().st_mtime_ns != m for p, m in zip(written, mtimes))
 
 
@@ -117,7 +127,7 @@ def test_same_stem_twice_is_refused_before_any_work(tmp_path, small_dir):
     twin.write_bytes(HRO_PLAIN.read_bytes())
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("predict", str(HRO_PLAIN), str(twin), "--out-dir", str(out), "--model", str(small_dir))
+    result = cli("predict", str(HRO_PLAIN), str(twin), "--out-dir", str(out), "--model", str(small_dir))
     assert result.returncode == 2 and "both write" in result.stderr
     assert list(out.iterdir()) == []
 
@@ -131,11 +141,8 @@ def test_a_write_failure_midway_leaves_no_output(tmp_path, small_dir):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run(
-        [sys.executable, "-m", "isprs_seg", "predict", str(ZANZIBAR), "--out-dir", str(out), "--model",
-         str(small_dir), "--probabilities", *FAST],
-        capture_output=True, text=True, preexec_fn=limit_file_size, timeout=600,
-    )
+    result = run_cli("predict", str(ZANZIBAR), "--out-dir", str(out), "--model", str(small_dir), "--probabilities",
+                     *FAST, preexec_fn=limit_file_size)
     assert result.returncode == 1
     line = _only_error_line(result.stderr)
     assert str(ZANZIBAR) in line and "failed part way" in line

@@ -10,8 +10,11 @@ import pytest
 import rasterio
 from affine import Affine
 
-from conftest import HRO_ALPHA, HRO_PLAIN, ZANZIBAR, whole_image, run_cli, valid_mask, write_crop
+from conftest import HRO_ALPHA, HRO_PLAIN, POTSDAM_PNG, ZANZIBAR, cli, needs_data, tall_input, valid_mask, \
+    whole_image, write_crop
 from isprs_seg.pipeline import extract_features
+
+pytestmark = needs_data
 
 
 def _read_features(path):
@@ -61,10 +64,8 @@ def test_invalid_feature_pixels_are_nan_and_valid_ones_exact(tmp_path, small_mod
 
 
 def test_feature_memory_does_not_grow_with_image_height(tmp_path, small_model):
-    from test_predict import _tall_input
-
-    inputs = {h: _tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 6144)}
-    extract_features(inputs[2048], tmp_path / "warm.tif", model=small_model, tile=256, overlap=64, batch_size=1)
+    inputs = {h: tall_input(tmp_path / f"tall{h}.tif", h, width=256) for h in (1024, 4096)}
+    extract_features(inputs[1024], tmp_path / "warm.tif", model=small_model, tile=256, overlap=64, batch_size=1)
     peaks = {}
     for height, src in inputs.items():
         tracemalloc.start()
@@ -72,7 +73,7 @@ def test_feature_memory_does_not_grow_with_image_height(tmp_path, small_model):
         extract_features(src, tmp_path / f"f{height}.tif", model=small_model, tile=256, overlap=64, batch_size=1)
         peaks[height] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peaks[6144] < 1.05 * peaks[2048], peaks
+    assert peaks[4096] < 1.05 * peaks[1024], peaks
 
 
 def test_pooled_table_has_one_row_per_cell_with_its_geometry(tmp_path, small_model):
@@ -109,8 +110,8 @@ def test_pooled_table_has_one_row_per_cell_with_its_geometry(tmp_path, small_mod
 def test_cli_features_out_dir_preview_and_json(tmp_path, small_dir):
     out = tmp_path / "feat"
     out.mkdir()
-    result = run_cli("features", str(HRO_PLAIN), str(HRO_ALPHA), "--out-dir", str(out), "--model", str(small_dir),
-                     "--tile", "128", "--overlap", "64", "--preview", str(out / "{stem}.png"), "--json", "-q")
+    result = cli("features", str(HRO_PLAIN), str(HRO_ALPHA), "--out-dir", str(out), "--model", str(small_dir),
+                 "--tile", "128", "--overlap", "64", "--preview", str(out / "{stem}.png"), "--json", "-q")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -128,9 +129,7 @@ def test_cli_features_out_dir_preview_and_json(tmp_path, small_dir):
 
 
 def test_pool_in_metres_needs_a_projected_crs(tmp_path, small_dir):
-    from conftest import POTSDAM_PNG
-
-    result = run_cli("features", str(POTSDAM_PNG), "-o", str(tmp_path / "f.tif"), "--model", str(small_dir),
+    result = cli("features", str(POTSDAM_PNG), "-o", str(tmp_path / "f.tif"), "--model", str(small_dir),
                      "--pool", "10")
     assert result.returncode == 1
     assert "projected CRS" in result.stderr and "256px" in result.stderr and "Traceback" not in result.stderr
@@ -140,7 +139,7 @@ def test_pool_in_metres_needs_a_projected_crs(tmp_path, small_dir):
 def test_bad_pool_size_is_a_usage_error_before_any_work(tmp_path, small_dir):
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("features", str(HRO_PLAIN), str(HRO_ALPHA), "--out-dir", str(out), "--model", str(small_dir),
-                     "--pool", "10x")
+    result = cli("features", str(HRO_PLAIN), str(HRO_ALPHA), "--out-dir", str(out), "--model", str(small_dir),
+                 "--pool", "10x")
     assert result.returncode == 2 and result.stderr.count("--pool must be") == 1
     assert list(out.iterdir()) == []

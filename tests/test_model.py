@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from isprs_seg import contract
 from isprs_seg.errors import ModelError
 from isprs_seg.hub import cache_dir, default_handle
@@ -108,8 +108,8 @@ def test_url_download_is_cached_and_reused_offline(http_server, small_dir, tmp_p
     again = load_model(url)
     assert again.source.path == model.source.path
     np.testing.assert_array_equal(again.predict(_images(1)), small_model.predict(_images(1)))
-    # and the CLI, in a fresh process, also finds it without a server
-    result = run_cli("model", "info", "--model", url, env={"TFHUB_CACHE_DIR": str(cache)})
+    # and the command line finds it too, without a server
+    result = cli("model", "info", "--model", url)
     assert result.returncode == 0, result.stderr
     assert "downloaded into the cache" in result.stdout
 
@@ -135,11 +135,14 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_model_gives_one_clear_line(tmp_path):
+def test_unreachable_model_gives_one_clear_line(tmp_path, monkeypatch):
+    """In a subprocess too: nothing of TensorFlow's own start-up logging reaches stderr."""
     url = f"http://127.0.0.1:{_closed_port()}/isprs.tar.gz"
     out = tmp_path / "out.tif"
-    for args in (["model", "info", "--model", url], ["predict", str(tmp_path / "x.tif"), "-o", str(out), "--model", url]):
-        result = run_cli(*args, env={"TFHUB_CACHE_DIR": str(tmp_path / "cache")})
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    for run, args in ((cli, ["model", "info", "--model", url]),
+                      (run_cli, ["predict", str(tmp_path / "x.tif"), "-o", str(out), "--model", url])):
+        result = run(*args)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
@@ -179,19 +182,19 @@ def test_model_without_the_interface_names_what_was_expected(tmp_path):
 
 def test_fetch_then_use_offline(tmp_path, small_dir, monkeypatch):
     archive = make_archive(small_dir, tmp_path / "model.tar.gz")
-    env = {"TFHUB_CACHE_DIR": str(tmp_path / "cache")}
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
     dest = tmp_path / "offline" / "isprs-model"
-    result = run_cli("model", "fetch", "--model", str(archive), "--to", str(dest), env=env)
+    result = cli("model", "fetch", "--model", str(archive), "--to", str(dest))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(dest) and (dest / "saved_model.pb").exists()
-    info = run_cli("model", "info", "--model", str(dest), "--json")
+    info = cli("model", "info", "--model", str(dest), "--json")
     assert info.returncode == 0, info.stderr
     import json
 
     data = json.loads(info.stdout)
     assert data["feature_channels"] == 720 and [c["name"] for c in data["classes"]] == list(contract.CLASS_NAMES)
     assert data["classes"][2]["color"] == "#0000ff"
-    again = run_cli("model", "fetch", "--model", str(archive), "--to", str(dest), env=env)
+    again = cli("model", "fetch", "--model", str(archive), "--to", str(dest))
     assert again.returncode == 2 and "already exists" in again.stderr
 
 

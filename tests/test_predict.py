@@ -17,15 +17,18 @@ from conftest import (
     HRO_PLAIN,
     POTSDAM_PNG,
     ZANZIBAR,
-    whole_image,
-    run_cli,
+    cli,
+    needs_data,
+    tall_input,
     valid_mask,
+    whole_image,
     write_crop,
 )
 from isprs_seg import contract
 from isprs_seg.grid import make_grid
 from isprs_seg.pipeline import predict_raster
 
+pytestmark = needs_data
 
 def _read_probabilities(path):
     with rasterio.open(path) as src:
@@ -149,22 +152,9 @@ def test_input_without_georeferencing_warns_and_writes_none(tmp_path, small_mode
         assert cls.crs is None and cls.transform.is_identity
 
 
-def _tall_input(path, height):
-    """A tall, narrow orthophoto made by stacking crops of a real one."""
-    with rasterio.open(ZANZIBAR) as src:
-        block = src.read(window=((0, 512), (0, 384)))
-        profile = src.profile | {"height": height, "width": 384, "tiled": True,
-                                 "blockxsize": 128, "blockysize": 128, "compress": "deflate"}
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, height, 512):
-            n = min(512, height - row)
-            dst.write(block[:, :n], window=((row, row + n), (0, 384)))
-    return path
-
-
 def test_memory_does_not_grow_with_image_height(tmp_path, small_model):
     """numpy memory (tracemalloc sees every array) on 2048 and 16384 rows of the same width."""
-    inputs = {h: _tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 16384)}
+    inputs = {h: tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 16384)}
     predict_raster(inputs[2048], tmp_path / "warm.tif", model=small_model, tile=256, overlap=64)
     peaks = {}
     for height, src in inputs.items():
@@ -183,8 +173,8 @@ def test_cli_writes_paths_to_stdout_and_continues_after_a_bad_input(tmp_path, sm
     bad.write_bytes(b"II*\x00 truncated")
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("predict", str(HRO_PLAIN), str(bad), str(HRO_NODATA), "--out-dir", str(out),
-                     "--model", str(small_dir), "--probabilities", "--tile", "128", "--overlap", "64")
+    result = cli("predict", str(HRO_PLAIN), str(bad), str(HRO_NODATA), "--out-dir", str(out),
+                 "--model", str(small_dir), "--probabilities", "--tile", "128", "--overlap", "64")
     assert result.returncode == 1
     stem, nodata_stem = HRO_PLAIN.stem, HRO_NODATA.stem
     assert result.stdout.splitlines() == [
@@ -218,6 +208,6 @@ def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, small_model,
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path, small_dir, args, message):
-    result = run_cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / "o.tif"), "--model", str(small_dir), *args)
+    result = cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / "o.tif"), "--model", str(small_dir), *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -7,12 +7,9 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 
-from conftest import HRO_PLAIN, run_cli
-from isprs_seg.pipeline import InputOptions, predict_raster
+from conftest import HRO_ALPHA, HRO_PLAIN, NAIP, POTSDAM_PNG, SOLARIS, ZANZIBAR, cli, needs_data, valid_mask
+from isprs_seg.pipeline import InputOptions, extract_features, predict_raster
 from isprs_seg.recipe import InputRecipe, resolve_recipe
-
-NAIP = HRO_PLAIN.parents[1] / "naip_rgbn_60cm" / "m_4208701_ne_16_060_20200902.tif"
-SOLARIS = HRO_PLAIN.parents[2] / "misc" / "solaris" / "sample_geotiff.tif"
 GEOMETRY = dict(tile=128, overlap=64)
 
 
@@ -58,6 +55,7 @@ def _run(tmp_path, model, path, **reading):
         ("16-bit, explicit scale", lambda v: (v * 16 + 100, "uint16"), {"scale": "100,4180"}, True),
     ],
 )
+@needs_data
 def test_the_same_picture_gives_the_same_classes(tmp_path, small_model, reference, rgb, name, make, options, exact):
     data, dtype = make(rgb)
     path = _variant(tmp_path / "variant.tif", data, dtype)
@@ -71,6 +69,7 @@ def test_the_same_picture_gives_the_same_classes(tmp_path, small_model, referenc
         assert (classes == ref_classes).mean() > 0.99
 
 
+@needs_data
 def test_bands_follow_the_colour_interpretation(tmp_path, small_model, reference, rgb):
     nirrg = np.stack([rgb[2], rgb[0], rgb[1]])
     path = _variant(tmp_path / "irrg.tif", nirrg, "uint8",
@@ -81,6 +80,7 @@ def test_bands_follow_the_colour_interpretation(tmp_path, small_model, reference
     np.testing.assert_array_equal(classes, reference[0])
 
 
+@needs_data
 def test_bit_depth_is_found_from_whole_image_statistics(tmp_path, rgb):
     for scale, expected in ((257, 65535), (4095 / 255, 4095), (1023 / 255, 1023)):
         path = _variant(tmp_path / f"d{expected}.tif", np.rint(rgb * scale), "uint16")
@@ -105,6 +105,7 @@ def test_recipes_and_normalisation():
     np.testing.assert_allclose(isprs[0, 0], expected, rtol=1e-5)
 
 
+@needs_data
 def test_naip_near_infrared_flagged_as_alpha_is_not_a_mask(tmp_path, small_model):
     """NAIP flags band 4 (near-infrared) as alpha; zeros in it are dark water, not nodata."""
     with rasterio.open(NAIP) as src:
@@ -123,6 +124,7 @@ def test_naip_near_infrared_flagged_as_alpha_is_not_a_mask(tmp_path, small_model
         assert (out.read(1) != 255).all()
 
 
+@needs_data
 def test_single_band_is_read_as_grey(tmp_path, small_model):
     with pytest.warns(UserWarning, match="single band"):
         result = predict_raster(SOLARIS, tmp_path / "pan.tif", model=small_model, **GEOMETRY)
@@ -141,16 +143,16 @@ def test_single_band_is_read_as_grey(tmp_path, small_model):
         (["--normalize", "zscore"], 2, "--normalize must be one of"),
     ],
 )
+@needs_data
 def test_bad_input_options(tmp_path, small_dir, args, code, message):
-    result = run_cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / "o.tif"), "--model", str(small_dir), "-q", *args)
+    result = cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / "o.tif"), "--model", str(small_dir), "-q", *args)
     assert result.returncode == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o.tif").exists()
 
 
+@needs_data
 def test_gsd_equal_to_the_native_resolution_changes_nothing(tmp_path, small_model):
-    from conftest import ZANZIBAR
-
     with rasterio.open(ZANZIBAR) as src:
         res = src.res[0]
     plain = predict_raster(ZANZIBAR, tmp_path / "a.tif", model=small_model, probabilities=True, **GEOMETRY)
@@ -160,12 +162,11 @@ def test_gsd_equal_to_the_native_resolution_changes_nothing(tmp_path, small_mode
         np.testing.assert_array_equal(a.read(), b.read())
 
 
+@needs_data
 def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, small_model):
     """Against an independent reference: average-downsample, whole-image inference, linear upsampling."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
-
-    from conftest import ZANZIBAR
 
     factor = 2.5
     with rasterio.open(ZANZIBAR) as src:
@@ -188,10 +189,8 @@ def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, sma
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@needs_data
 def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
-    from isprs_seg.pipeline import extract_features
-    from conftest import HRO_ALPHA, valid_mask
-
     reading = InputOptions(gsd=0.3)
     result = predict_raster(HRO_ALPHA, tmp_path / "c.tif", model=small_model, reading=reading, **GEOMETRY)
     with rasterio.open(result.outputs[0]) as out:
@@ -202,10 +201,9 @@ def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
         assert out.transform == src.transform @ rasterio.Affine.scale(4)
 
 
+@needs_data
 def test_gsd_needs_a_projected_crs(tmp_path, small_dir):
-    from conftest import POTSDAM_PNG
-
-    result = run_cli("predict", str(POTSDAM_PNG), "-o", str(tmp_path / "p.tif"), "--model", str(small_dir),
+    result = cli("predict", str(POTSDAM_PNG), "-o", str(tmp_path / "p.tif"), "--model", str(small_dir),
                      "--gsd", "0.1", "-q")
     assert result.returncode == 1 and "--gsd needs a projected CRS" in result.stderr
     assert not (tmp_path / "p.tif").exists()
