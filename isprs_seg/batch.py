@@ -7,14 +7,18 @@ Python API can use the same functions.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .errors import InputError, IsprsSegError, OutputError, first_line
 from .outputs import check_output_path, output_paths
+from .provenance import existing_outputs
+
+log = logging.getLogger("isprs_seg")
 
 #: Statuses of a record.
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
@@ -27,33 +31,49 @@ def plan_outputs(
     """The outputs of each input by role (see :func:`isprs_seg.outputs.output_paths`).
 
     ``given`` as there, the same for every input (use ``{stem}`` to tell them apart).
-    Usage errors are raised before any work: no input, both or neither of ``output``
-    and ``out_dir``, ``output`` with several inputs, two inputs writing the same file.
+    Everything that would make the batch go wrong is refused here, before any work:
+    no input, both or neither of ``output`` and ``out_dir``, ``output`` with several
+    inputs, two outputs that are the same file, an output that is one of the inputs.
+    ``out_dir`` is created (with its parents) when it does not exist.
     """
     if output is not None and out_dir is not None:
         raise InputError("give either -o/--output or --out-dir, not both")
     if not inputs:
         raise InputError("no input files given")
-    if output is not None:
-        if len(inputs) > 1:
-            raise InputError(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir")
-        check_output_path(Path(output))
-        return [output_paths(inputs[0], main, extra, output=output, given=given)]
-    if out_dir is None:
+    if output is None and out_dir is None:
         raise InputError("give -o OUT.tif for one input or --out-dir DIR")
-    if not Path(out_dir).is_dir():
-        raise OutputError(f"output directory {out_dir} does not exist")
-    planned = [output_paths(path, main, extra, out_dir=out_dir, given=given) for path in inputs]
+    if output is not None and len(inputs) > 1:
+        flags = [p for p in inputs if p.lower() in ("true", "false", "yes", "no")]
+        hint = f" ({flags[0]!r} is not a file: flags such as --probabilities take no value)" if flags else ""
+        raise InputError(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir{hint}")
+    planned = [output_paths(path, main, extra, output=output, out_dir=out_dir, given=given) for path in inputs]
+    sources = {_identity(path): path for path in inputs}
     writer: dict[str, str] = {}
     for path, outputs in zip(inputs, planned):
         for role, target in outputs.items():
-            key = os.path.abspath(target)
+            key = _identity(target)
+            if key in sources:
+                raise InputError(f"the {role} output of {path} would overwrite the input {sources[key]}")
             if key in writer:
                 hint = (f"make the {role} path a pattern with {{stem}}" if role in (given or {}) else
                         "give inputs with distinct file names, or run them into different --out-dir")
                 raise InputError(f"{writer[key]} and {path} would both write {target}: {hint}")
             writer[key] = path
+    if out_dir is not None:
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output directory {out_dir} ({first_line(exc)})") from exc
+    for outputs in planned:
+        for target in outputs.values():
+            check_output_path(target)
     return planned
+
+
+def _identity(path: str | Path) -> str:
+    """The same string for two spellings of the same local file; GDAL paths as they are."""
+    text = str(path)
+    return text if text.startswith("/vsi") else os.path.realpath(text)
 
 
 @dataclass
@@ -99,22 +119,33 @@ Work = Callable[[str, dict], object]
 
 
 def run_batch(
-    inputs: Sequence[str], planned: Sequence[dict[str, Path]], work: Work, *,
-    overwrite: bool = False, stop_on_error: bool = False, settings: dict | None = None,
+    inputs: Sequence[str], planned: Sequence[dict[str, Path]], work: Work, *, expected: Mapping[str, dict],
+    overwrite: bool = False, stop_on_error: bool = False, fields: dict | None = None,
 ) -> Iterator[Record]:
     """Run ``work`` for each input and yield its record as soon as it is known.
 
-    An input whose outputs all exist is skipped unless ``overwrite``. A failure is
-    recorded and the batch goes on (unless ``stop_on_error``); KeyboardInterrupt and
-    other BaseExceptions end it.
+    ``expected``: the settings of this run by output role
+    (:func:`isprs_seg.provenance.run_settings`). Unless ``overwrite``, an input whose
+    outputs all exist, are complete and were made with these settings is skipped, and
+    one with an output made with other settings fails with a sentence saying which
+    (:func:`isprs_seg.provenance.existing_outputs`); incomplete outputs are made again
+    with a note. A failure is recorded and the batch goes on (unless
+    ``stop_on_error``); KeyboardInterrupt and other BaseExceptions end it. ``fields``:
+    values every record starts with.
     """
     for path, outputs in zip(inputs, planned):
-        record = Record(path, **(settings or {}))
+        record = Record(path, **(fields or {}))
         started = time.perf_counter()
-        if not overwrite and all(p.is_file() for p in outputs.values()):
+        existing = None if overwrite else existing_outputs(outputs, expected)
+        if existing is not None and existing.complete:
             record.status, record.seconds = SKIPPED, 0.0
             record.outputs = [str(outputs[r]) for r in _main_first(outputs)]
+        elif existing is not None and existing.conflict:
+            record.status, record.seconds = ERROR, 0.0
+            record.error = f"{existing.conflict}; use --overwrite to replace it"
         else:
+            for note in existing.notes if existing else ():
+                log.warning("%s", note)
             try:
                 result = work(path, outputs)
             except Exception as exc:  # noqa: BLE001 - one bad input must not end the batch

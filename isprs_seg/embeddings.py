@@ -39,6 +39,12 @@ def parse_pool_spec(value: str | float) -> tuple[float, str]:
     return size, unit
 
 
+def pool_text(value: str | float) -> str:
+    """The canonical spelling of a pool size: ``"10"`` and ``"10.0m"`` are both ``"10m"``."""
+    size, unit = parse_pool_spec(value)
+    return f"{size:g}{unit}"
+
+
 def require_pyogrio() -> None:
     """--pool writes GeoPackages with pyogrio, an optional dependency."""
     try:

@@ -184,6 +184,17 @@ def _saved_model_root(path: Path, handle: str) -> Path:
     raise ModelError(f"model {handle} holds no TensorFlow SavedModel (no saved_model.pb in {path})")
 
 
+def saved_model_digest(path: Path) -> str:
+    """``sha256:...`` over the relative names and contents of every file of a SavedModel directory."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
 def check_destination(destination: str | os.PathLike) -> Path:
     """A directory to copy a model to: it must not exist yet, or be empty."""
     dest = Path(destination).expanduser()

@@ -9,6 +9,7 @@ returns class probabilities or feature maps as numpy arrays. Where a handle lead
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +19,8 @@ import numpy as np
 from . import contract
 from ._tf import tensorflow
 from .errors import ModelError, first_line
-from .hub import ModelSource, check_destination, copy_saved_model, resolve
+from .options import PRECISIONS
+from .hub import ModelSource, check_destination, copy_saved_model, resolve, saved_model_digest
 
 #: Side of the probe image used to detect the calling convention (a multiple of 32).
 _PROBE_SIZE = 64
@@ -76,6 +78,7 @@ class Model:
     methods: dict[str, str]  # method name -> "attribute" / "signature"
     batch_size: int = contract.DEFAULT_BATCH_SIZE
     device: str | None = None  # TensorFlow device name, e.g. "/GPU:0"; None: TensorFlow's choice
+    precision: str = "float32"  # or "mixed"
     xla: bool = False  # compile each model call with XLA
     _obj: object = field(default=None, repr=False)
     _calls: dict = field(default_factory=dict, repr=False)
@@ -84,6 +87,11 @@ class Model:
     @property
     def handle(self) -> str:
         return self.source.handle
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """``sha256:...`` of the SavedModel's files (names and contents): the model's identity."""
+        return saved_model_digest(self.source.path)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -105,6 +113,20 @@ class Model:
         per_call = "one image per call" if self.max_batch == 1 else "batched"
         return f"list of float32 [height, width, 3] images ({per_call})"
 
+    @property
+    def device_description(self) -> str:
+        """The device that runs the model, for people: ``GPU:0 (NVIDIA H100 80GB HBM3)`` or ``CPU``."""
+        tf = tensorflow()
+        name = (self.device or "").lstrip("/").upper()
+        gpus = tf.config.list_physical_devices("GPU")
+        if not name:  # TensorFlow's own choice: the first GPU when there is one
+            name = "GPU:0" if gpus else "CPU:0"
+        if name.startswith("GPU"):
+            index = int(name.partition(":")[2] or 0)
+            details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
+            return f"{name} ({details.get('device_name', 'GPU')})"
+        return "CPU"
+
     def info(self) -> dict:
         """Everything `isprs-seg model info` reports, as plain data."""
         return {
@@ -119,6 +141,8 @@ class Model:
                 {"index": i, "name": n, "color": "#%02x%02x%02x" % c}
                 for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))
             ],
+            "digest": self.digest,
+            "device": self.device_description,
             "feature_channels": self.feature_channels,
             "feature_stride": contract.FEATURE_STRIDE,
             "network_stride": contract.NETWORK_STRIDE,
@@ -283,9 +307,6 @@ def _detect(obj, source: ModelSource) -> dict:
     return detected
 
 
-PRECISIONS = ("float32", "mixed")
-
-
 def resolve_device(name: str | None) -> str | None:
     """``cpu``, ``gpu``, ``gpu:1`` or a TensorFlow device name -> ``/CPU:0`` style; None stays None."""
     if name is None or name.lower() == "auto":
@@ -330,7 +351,8 @@ def load_model(
             "fetch it again with `isprs-seg model fetch` or pass another `--model DIR`"
         ) from exc
     detected = _detect(obj, source)
-    return Model(source=source, batch_size=batch_size, device=device, xla=xla, _obj=obj, **detected)
+    return Model(source=source, batch_size=batch_size, device=device, precision=precision, xla=xla, _obj=obj,
+                 **detected)
 
 
 def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":

@@ -17,6 +17,8 @@ from .errors import InputError
 
 #: Storage of probability rasters: float32 (NaN where invalid) or uint8 (x 255, masked).
 PROBABILITY_DTYPES = ("float32", "uint8")
+#: How the model computes: float32, or TensorFlow's automatic mixed precision.
+PRECISIONS = ("float32", "mixed")
 #: Storage of feature rasters: half precision on disk (NBITS=16) or float32.
 FEATURE_DTYPES = ("float16", "float32")
 

@@ -15,12 +15,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import __version__, contract
-from .embeddings import CellPooler, PcaPreview, pool_cell
+from .embeddings import CellPooler, PcaPreview, pool_cell, pool_text
 from .engine import NoProgress, Progress, stream
 from .errors import IsprsSegWarning
 from .grid import Grid, make_grid
@@ -37,9 +37,13 @@ from .outputs import (
     probability_raster,
 )
 from .plan import Batch, plan_batches
+from .provenance import run_settings, settings_tags
 from .raster import RasterView, RowReader, gdal_env, is_georeferenced, open_input
 from .recipe import InputRecipe, resolve_recipe
 from .resample import RegriddedSink, ResampledView
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 __all__ = ["InputOptions", "RunOptions", "FeatureOptions", "RunResult", "predict_raster", "extract_features"]
 
@@ -73,7 +77,7 @@ class Job:
     grid and the batches lie on the view.
     """
 
-    dataset: object  # rasterio.DatasetReader
+    dataset: "DatasetReader"
     view: RasterView
     recipe: InputRecipe
     grid: Grid
@@ -87,7 +91,7 @@ class Job:
         return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
 
 
-def prepare_job(dataset, model: Model, options: RunOptions, reading: InputOptions) -> Job:
+def prepare_job(dataset: "DatasetReader", model: Model, options: RunOptions, reading: InputOptions) -> Job:
     """Decide the recipe, the view, the grid and the batches of one input."""
     recipe = resolve_recipe(dataset, parse_bands(reading.bands), reading.recipe, parse_scale(reading.scale),
                             reading.normalize)
@@ -98,7 +102,6 @@ def prepare_job(dataset, model: Model, options: RunOptions, reading: InputOption
     batch_size = options.batch_size or model.batch_size
     tags = {
         "SOFTWARE": f"isprs-seg {__version__}",
-        "MODEL": model.handle,
         "TILE": str(options.tile),
         "OVERLAP": str(options.overlap),
         "BLEND": options.blend,
@@ -139,10 +142,11 @@ def _resolve_model(model: Model | str | None) -> Model:
 
 
 def _run(input, finals: dict[str, Path], model: Model | str | None, options: RunOptions, reading: InputOptions,
-         progress: ProgressFactory | None, kind: _Kind) -> RunResult:
+         progress: ProgressFactory | None, kind: _Kind, specific: dict) -> RunResult:
     started = time.perf_counter()
     check_outputs(input, finals)
     model = _resolve_model(model)
+    record = settings_tags(run_settings(model, options, reading, finals, **specific), model.handle)
     if kind.method == "get_features":
         model.check_features()
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
@@ -150,6 +154,7 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
     with gdal_env(), contextlib.ExitStack() as stack:
         src = stack.enter_context(open_input(input))
         job = prepare_job(src, model, options, reading)
+        job.tags.update(record)
         model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
@@ -244,7 +249,8 @@ def predict_raster(
     def open_sink(stack, temps, job, model):
         return _ClassSink(stack, temps, job, model, probabilities_dtype)
 
-    return _run(input, finals, model, options, reading, progress, _Kind("predict", 1, open_sink))
+    return _run(input, finals, model, options, reading, progress, _Kind("predict", 1, open_sink),
+                {"probabilities_dtype": probabilities_dtype})
 
 
 # --------------------------------------------------------------------------- features
@@ -322,4 +328,5 @@ def extract_features(
         return _FeatureSink(stack, temps, job, model, features)
 
     return _run(input, finals, model, options, reading, progress, _Kind("get_features", contract.FEATURE_STRIDE,
-                                                                          open_sink))
+                                                                          open_sink),
+                {"dtype": dtype, "pool": pool_text(pool) if pool else None})

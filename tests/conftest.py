@@ -1,8 +1,10 @@
 """Shared fixtures: real rasters, stand-in models built once per session, and ways to run the CLI.
 
-Rasters come from ``../shared/data`` beside the checkout (``ISPRS_SEG_TEST_DATA``
-elsewhere). Tests that need them are skipped, with the reason shown in the summary,
-when that folder is absent; the pure tests need neither data nor TensorFlow models.
+Core rasters ship with the project (``tests/data``, ``sample_data``; sources and
+licences in ``tests/data/SOURCES.md``). The extended set reads more rasters from
+``../shared/data`` beside the checkout (``ISPRS_SEG_TEST_DATA`` elsewhere) and is
+skipped, with the reason in the summary, when that folder is absent. The pure tests
+need neither data nor TensorFlow models.
 """
 
 from __future__ import annotations
@@ -18,24 +20,50 @@ import pytest
 import rasterio
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ISPRS_SEG_TEST_DATA", ROOT.parent / "shared" / "data"))
-HRO = DATA / "orthophoto" / "usgs_hro_colorado_15cm"
-HRO_PLAIN = HRO / "201404_13SED190110_201404_0x1500m_CL_1.tif"
-HRO_ALPHA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_alpha.tif"
-HRO_NODATA = HRO / "201404_13SED190110_201404_0x1500m_CL_1_nodata.tif"
-HRO_MASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_mask.tif"
-HRO_EXTMASK = HRO / "201404_13SED190110_201404_0x1500m_CL_1_extmask.tif"
-HRO_COG = HRO / "cog_rgb.tif"
-ZANZIBAR = DATA / "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"
-ALPHA_MOSTLY_EMPTY = DATA / "misc" / "rasterio" / "alpha.tif"
-POTSDAM_PNG = DATA / "isprs" / "potsdam" / "img_dir" / "2_10_0_0_512_512.png"
-NAIP = DATA / "orthophoto" / "naip_rgbn_60cm" / "m_4208701_ne_16_060_20200902.tif"
-SOLARIS = DATA / "misc" / "solaris" / "sample_geotiff.tif"
 
-#: Marks a test (or a module, as ``pytestmark``) that reads rasters from :data:`DATA`.
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason=f"extended set: needs the test rasters of ../shared/data (not found at {DATA}; "
-                              "set ISPRS_SEG_TEST_DATA)")
+# core: shipped with the project
+CORE = ROOT / "tests" / "data"
+HRO_PLAIN = ROOT / "sample_data" / "colorado_springs_15cm.tif"  # USGS HRO 15 cm, 383 x 232
+HRO_ALPHA = CORE / "201404_13SED190110_201404_0x1500m_CL_1_alpha.tif"
+HRO_NODATA = CORE / "201404_13SED190110_201404_0x1500m_CL_1_nodata.tif"
+HRO_MASK = CORE / "201404_13SED190110_201404_0x1500m_CL_1_mask.tif"
+HRO_EXTMASK = CORE / "201404_13SED190110_201404_0x1500m_CL_1_extmask.tif"
+HRO_COG = CORE / "cog_rgb.tif"
+NAIP = CORE / "m_4208701_ne_16_060_20200902.tif"
+ALPHA_MOSTLY_EMPTY = CORE / "rasterio_alpha.tif"  # 1223 x 1223, 98 % transparent
+COGEO = CORE / "rasterio_cogeo.tif"  # 1024 x 1024, 0.6 m, JPEG tiles, internal mask
+
+# extended: ../shared/data
+DATA = Path(os.environ.get("ISPRS_SEG_TEST_DATA", ROOT.parent / "shared" / "data"))
+ZANZIBAR = DATA / "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"  # 1000 x 1000, 7.7 cm
+ISPRS = DATA / "isprs"
+
+EXTENDED_REASON = (f"extended set: needs the test rasters of ../shared/data, not found at {DATA} "
+                   "(put the shared folder beside the checkout, or set ISPRS_SEG_TEST_DATA)")
+
+#: Marks a test that reads rasters from :data:`DATA` (the extended set).
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=EXTENDED_REASON)
+
+
+def extended(path: Path):
+    """``path`` as a test parameter of the extended set: skipped when :data:`DATA` is absent."""
+    return pytest.param(path, marks=needs_data, id=path.stem)
+
+
+def pytest_report_header(config):
+    found = "found" if DATA.is_dir() else "not found: the extended set is skipped"
+    return f"test rasters: core in {CORE}; extended in {DATA} ({found})"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per reason for skipped tests, with how many (instead of one line per test)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(f"{count} test{'s' if count > 1 else ''} skipped, {reason}", yellow=True)
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +166,7 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, timeo
 
 
 def write_crop(src_path: Path, dst_path: Path, height: int, width: int, row: int = 0, col: int = 0) -> Path:
-    """A georeferenced crop of a real raster (same CRS, shifted transform)."""
+    """A georeferenced crop of a real raster (same CRS, shifted transform; losslessly stored)."""
     from rasterio.windows import Window
 
     with rasterio.open(src_path) as src:
@@ -149,6 +177,7 @@ def write_crop(src_path: Path, dst_path: Path, height: int, width: int, row: int
             "transform": src.window_transform(window),
             "tiled": False,
             "compress": "deflate",
+            "photometric": "rgb" if src.count == 3 else "minisblack",
         }
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
@@ -157,11 +186,22 @@ def write_crop(src_path: Path, dst_path: Path, height: int, width: int, row: int
     return dst_path
 
 
+def without_georeference(src_path: Path, dst_path: Path) -> Path:
+    """A PNG copy of a real raster: the same pixels, no CRS and no transform."""
+    with rasterio.open(src_path) as src:
+        data = src.read()
+    with rasterio.Env(GDAL_PAM_ENABLED=False):
+        with rasterio.open(dst_path, "w", driver="PNG", width=data.shape[2], height=data.shape[1],
+                           count=data.shape[0], dtype=data.dtype) as dst:
+            dst.write(data)
+    return dst_path
+
+
 def tall_input(path: Path, height: int, width: int = 384) -> Path:
     """A tall, narrow orthophoto made by stacking crops of a real one."""
-    with rasterio.open(ZANZIBAR) as src:
+    with rasterio.open(COGEO) as src:
         block = src.read(window=((0, 512), (0, width)))
-        profile = src.profile | {"height": height, "width": width, "tiled": True,
+        profile = src.profile | {"height": height, "width": width, "tiled": True, "photometric": "rgb",
                                  "blockxsize": 128, "blockysize": 128, "compress": "deflate"}
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, height, 512):

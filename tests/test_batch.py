@@ -15,10 +15,8 @@ import time
 
 import pytest
 
-from conftest import HRO_MASK, HRO_NODATA, HRO_PLAIN, ZANZIBAR, cli, needs_data, run_cli
+from conftest import COGEO, HRO_COG, HRO_MASK, HRO_NODATA, HRO_PLAIN, cli, run_cli
 from isprs_seg.grid import make_grid
-
-pytestmark = needs_data
 
 FAST = ["--tile", "128", "--overlap", "64", "-q"]
 
@@ -37,7 +35,7 @@ def bad_inputs(tmp_path_factory):
     (root / "notes.tif").write_text("this is not a raster\n")
     data = HRO_PLAIN.read_bytes()  # its directory is at the end: it cannot even be opened
     (root / "truncated.tif").write_bytes(data[: len(data) // 2])
-    cog = (HRO_PLAIN.parent / "cog_rgb.tif").read_bytes()  # header first: opens, then fails to read
+    cog = HRO_COG.read_bytes()  # header first: opens, then fails to read
     (root / "cut.tif").write_bytes(cog[:3000])
     (root / "adir.tif").mkdir()
     return {
@@ -141,30 +139,35 @@ def test_a_write_failure_midway_leaves_no_output(tmp_path, small_dir):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = run_cli("predict", str(ZANZIBAR), "--out-dir", str(out), "--model", str(small_dir), "--probabilities",
+    result = run_cli("predict", str(COGEO), "--out-dir", str(out), "--model", str(small_dir), "--probabilities",
                      *FAST, preexec_fn=limit_file_size)
     assert result.returncode == 1
     line = _only_error_line(result.stderr)
-    assert str(ZANZIBAR) in line and "failed part way" in line
+    assert str(COGEO) in line and "failed part way" in line
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_run_leaves_neither_final_files_nor_temporaries(tmp_path, w48_dir, signum, code):
-    out = tmp_path / "out"
-    out.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "isprs_seg", "predict", str(ZANZIBAR), "--out-dir", str(out), "--model",
-         str(w48_dir), "--probabilities", "--tile", "256", "--overlap", "64", "--batch-size", "1", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def test_interrupted_run_leaves_neither_final_files_nor_temporaries(tmp_path, w48_dir):
+    """Ctrl-C (130) and SIGTERM (143) in the middle of a run, in two processes at once."""
+    runs = {}
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        out = tmp_path / signal.Signals(signum).name
+        out.mkdir()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "isprs_seg", "predict", str(COGEO), "--out-dir", str(out), "--model",
+             str(w48_dir), "--probabilities", "--tile", "256", "--overlap", "64", "--batch-size", "1", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        runs[signum] = (process, out, code)
     deadline = time.time() + 300
-    while not any(".partial" in p.name for p in out.iterdir()):
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == code, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr and stdout == ""
-    assert list(out.iterdir()) == []
+    for signum, (process, out, code) in runs.items():
+        while not any(".partial" in p.name for p in out.iterdir()):
+            assert process.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        process.send_signal(signum)
+    for signum, (process, out, code) in runs.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == code, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr and stdout == ""
+        assert list(out.iterdir()) == []

@@ -15,20 +15,22 @@ from conftest import (
     HRO_MASK,
     HRO_NODATA,
     HRO_PLAIN,
-    POTSDAM_PNG,
+    COGEO,
     ZANZIBAR,
+    extended,
     cli,
-    needs_data,
     tall_input,
     valid_mask,
     whole_image,
+    without_georeference,
     write_crop,
 )
 from isprs_seg import contract
 from isprs_seg.grid import make_grid
 from isprs_seg.pipeline import predict_raster
 
-pytestmark = needs_data
+#: Real orthophotos at least 1000 px a side: shipped (0.6 m) and, in the extended set, 7.7 cm drone imagery.
+LARGE = [COGEO, extended(ZANZIBAR)]
 
 def _read_probabilities(path):
     with rasterio.open(path) as src:
@@ -41,9 +43,10 @@ CROPS = [(100, 150), (333, 517), (1000, 1000), (745, 261)]
 
 @pytest.mark.parametrize("blend,tolerance", [("crop", 0.0), ("taper", 1e-6)])
 @pytest.mark.parametrize("shape", CROPS)
-def test_tiled_equals_whole_image_inference(tmp_path, small_model, shape, blend, tolerance):
+@pytest.mark.parametrize("ortho", LARGE)
+def test_tiled_equals_whole_image_inference(tmp_path, small_model, ortho, shape, blend, tolerance):
     """With a bounded receptive field, stitching must reproduce whole-image inference."""
-    src = write_crop(ZANZIBAR, tmp_path / "in.tif", *shape, row=0, col=1000 - shape[1])
+    src = write_crop(ortho, tmp_path / "in.tif", *shape, row=0, col=1000 - shape[1])
     expected = whole_image(small_model, src)
     result = predict_raster(
         src, tmp_path / "out.tif", model=small_model, probabilities=True,
@@ -57,9 +60,10 @@ def test_tiled_equals_whole_image_inference(tmp_path, small_model, shape, blend,
         np.testing.assert_array_equal(cls.read(1), expected.argmax(-1))
 
 
-def test_default_geometry_on_a_full_orthophoto(tmp_path, small_model):
-    expected = whole_image(small_model, ZANZIBAR)
-    result = predict_raster(ZANZIBAR, tmp_path / "z.tif", model=small_model, probabilities=True)
+@pytest.mark.parametrize("ortho", LARGE)
+def test_default_geometry_on_a_full_orthophoto(tmp_path, small_model, ortho):
+    expected = whole_image(small_model, ortho)
+    result = predict_raster(ortho, tmp_path / "z.tif", model=small_model, probabilities=True)
     assert result.tile == contract.DEFAULT_TILE and result.tiles == 4
     diff = np.abs(_read_probabilities(result.outputs[1]) - expected).max()
     assert diff <= 1e-6, diff
@@ -147,7 +151,8 @@ def test_patches_without_valid_pixels_are_never_sent_to_the_model(tmp_path, smal
 
 def test_input_without_georeferencing_warns_and_writes_none(tmp_path, small_model):
     with pytest.warns(UserWarning, match="no georeferencing"):
-        result = predict_raster(POTSDAM_PNG, tmp_path / "p.tif", model=small_model, tile=256, overlap=64)
+        result = predict_raster(without_georeference(HRO_PLAIN, tmp_path / "p.png"), tmp_path / "p.tif",
+                                model=small_model, tile=256, overlap=64)
     with rasterio.open(result.outputs[0]) as cls:
         assert cls.crs is None and cls.transform.is_identity
 

@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 
-from conftest import HRO_ALPHA, HRO_PLAIN, NAIP, POTSDAM_PNG, SOLARIS, ZANZIBAR, cli, needs_data, valid_mask
+from conftest import COGEO, HRO_ALPHA, HRO_NODATA, HRO_PLAIN, NAIP, cli, valid_mask, without_georeference
 from isprs_seg.pipeline import InputOptions, extract_features, predict_raster
 from isprs_seg.recipe import InputRecipe, resolve_recipe
 GEOMETRY = dict(tile=128, overlap=64)
@@ -55,7 +55,6 @@ def _run(tmp_path, model, path, **reading):
         ("16-bit, explicit scale", lambda v: (v * 16 + 100, "uint16"), {"scale": "100,4180"}, True),
     ],
 )
-@needs_data
 def test_the_same_picture_gives_the_same_classes(tmp_path, small_model, reference, rgb, name, make, options, exact):
     data, dtype = make(rgb)
     path = _variant(tmp_path / "variant.tif", data, dtype)
@@ -69,7 +68,6 @@ def test_the_same_picture_gives_the_same_classes(tmp_path, small_model, referenc
         assert (classes == ref_classes).mean() > 0.99
 
 
-@needs_data
 def test_bands_follow_the_colour_interpretation(tmp_path, small_model, reference, rgb):
     nirrg = np.stack([rgb[2], rgb[0], rgb[1]])
     path = _variant(tmp_path / "irrg.tif", nirrg, "uint8",
@@ -80,7 +78,6 @@ def test_bands_follow_the_colour_interpretation(tmp_path, small_model, reference
     np.testing.assert_array_equal(classes, reference[0])
 
 
-@needs_data
 def test_bit_depth_is_found_from_whole_image_statistics(tmp_path, rgb):
     for scale, expected in ((257, 65535), (4095 / 255, 4095), (1023 / 255, 1023)):
         path = _variant(tmp_path / f"d{expected}.tif", np.rint(rgb * scale), "uint16")
@@ -105,7 +102,6 @@ def test_recipes_and_normalisation():
     np.testing.assert_allclose(isprs[0, 0], expected, rtol=1e-5)
 
 
-@needs_data
 def test_naip_near_infrared_flagged_as_alpha_is_not_a_mask(tmp_path, small_model):
     """NAIP flags band 4 (near-infrared) as alpha; zeros in it are dark water, not nodata."""
     with rasterio.open(NAIP) as src:
@@ -124,12 +120,17 @@ def test_naip_near_infrared_flagged_as_alpha_is_not_a_mask(tmp_path, small_model
         assert (out.read(1) != 255).all()
 
 
-@needs_data
-def test_single_band_is_read_as_grey(tmp_path, small_model):
+def test_single_band_is_read_as_grey(tmp_path, small_model, rgb):
+    """A 12-bit panchromatic band with nodata, made from the real picture."""
+    with rasterio.open(HRO_NODATA) as src:
+        missing = src.dataset_mask() == 0
+    grey = np.rint(rgb.mean(0) * 16)[None]
+    grey[0][missing] = 0
+    pan = _variant(tmp_path / "pan.tif", grey, "uint16", nodata=0)
     with pytest.warns(UserWarning, match="single band"):
-        result = predict_raster(SOLARIS, tmp_path / "pan.tif", model=small_model, **GEOMETRY)
-    with rasterio.open(SOLARIS) as src, rasterio.open(result.outputs[0]) as out:
-        np.testing.assert_array_equal(out.read(1) == 255, src.dataset_mask() == 0)
+        result = predict_raster(pan, tmp_path / "pan.classes.tif", model=small_model, **GEOMETRY)
+    with rasterio.open(result.outputs[0]) as out:
+        np.testing.assert_array_equal(out.read(1) == 255, missing)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,6 @@ def test_single_band_is_read_as_grey(tmp_path, small_model):
         (["--normalize", "zscore"], 2, "--normalize must be one of"),
     ],
 )
-@needs_data
 def test_bad_input_options(tmp_path, small_dir, args, code, message):
     result = cli("predict", str(HRO_PLAIN), "-o", str(tmp_path / "o.tif"), "--model", str(small_dir), "-q", *args)
     assert result.returncode == code, result.stderr
@@ -151,25 +151,23 @@ def test_bad_input_options(tmp_path, small_dir, args, code, message):
     assert not (tmp_path / "o.tif").exists()
 
 
-@needs_data
 def test_gsd_equal_to_the_native_resolution_changes_nothing(tmp_path, small_model):
-    with rasterio.open(ZANZIBAR) as src:
+    with rasterio.open(COGEO) as src:
         res = src.res[0]
-    plain = predict_raster(ZANZIBAR, tmp_path / "a.tif", model=small_model, probabilities=True, **GEOMETRY)
-    same = predict_raster(ZANZIBAR, tmp_path / "b.tif", model=small_model, probabilities=True,
+    plain = predict_raster(COGEO, tmp_path / "a.tif", model=small_model, probabilities=True, **GEOMETRY)
+    same = predict_raster(COGEO, tmp_path / "b.tif", model=small_model, probabilities=True,
                           reading=InputOptions(gsd=res), **GEOMETRY)
     with rasterio.open(plain.outputs[1]) as a, rasterio.open(same.outputs[1]) as b:
         np.testing.assert_array_equal(a.read(), b.read())
 
 
-@needs_data
 def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, small_model):
     """Against an independent reference: average-downsample, whole-image inference, linear upsampling."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     factor = 2.5
-    with rasterio.open(ZANZIBAR) as src:
+    with rasterio.open(COGEO) as src:
         gsd, native = src.res[0] * factor, src.profile
         side = int(src.width // factor)
         rg = src.read([1, 2], window=Window(0, 0, side * factor, side * factor), out_shape=(2, side, side),
@@ -180,7 +178,7 @@ def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, sma
     expected = np.stack([[np.interp(centres, np.arange(side), along_x[:, k, c]) for k in range(7)]
                          for c in range(native["width"])], axis=-1)  # [classes, rows, cols]
 
-    result = predict_raster(ZANZIBAR, tmp_path / "g.tif", model=small_model, probabilities=True,
+    result = predict_raster(COGEO, tmp_path / "g.tif", model=small_model, probabilities=True,
                             reading=InputOptions(gsd=gsd), **GEOMETRY)
     with rasterio.open(result.outputs[1]) as out:
         assert (out.width, out.height, out.crs, out.transform) == (
@@ -189,7 +187,6 @@ def test_gsd_runs_the_model_coarser_and_returns_to_the_native_grid(tmp_path, sma
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@needs_data
 def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
     reading = InputOptions(gsd=0.3)
     result = predict_raster(HRO_ALPHA, tmp_path / "c.tif", model=small_model, reading=reading, **GEOMETRY)
@@ -201,9 +198,8 @@ def test_gsd_keeps_nodata_and_feature_grids_native(tmp_path, small_model):
         assert out.transform == src.transform @ rasterio.Affine.scale(4)
 
 
-@needs_data
 def test_gsd_needs_a_projected_crs(tmp_path, small_dir):
-    result = cli("predict", str(POTSDAM_PNG), "-o", str(tmp_path / "p.tif"), "--model", str(small_dir),
-                     "--gsd", "0.1", "-q")
+    png = without_georeference(HRO_PLAIN, tmp_path / "p.png")
+    result = cli("predict", str(png), "-o", str(tmp_path / "p.tif"), "--model", str(small_dir), "--gsd", "0.1", "-q")
     assert result.returncode == 1 and "--gsd needs a projected CRS" in result.stderr
     assert not (tmp_path / "p.tif").exists()
