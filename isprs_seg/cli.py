@@ -30,6 +30,7 @@ import typer
 from . import __version__, contract
 from .blend import BLEND_MODES
 from .errors import IsprsSegError
+from .supervisor import Interrupted
 from .options import FEATURE_DTYPES, PRECISIONS, PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions
 
 app = typer.Typer(
@@ -58,18 +59,6 @@ Blend = _choices("Blend", BLEND_MODES)
 ProbabilityDtype = _choices("ProbabilityDtype", PROBABILITY_DTYPES)
 FeatureDtype = _choices("FeatureDtype", FEATURE_DTYPES)
 OnError = _choices("OnError", ("continue", "stop"))
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: unwinds like an exception so partial outputs are removed."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum, frame) -> None:
-    raise Interrupted(signum)
 
 
 def _fail(message: str, code: int) -> None:
@@ -428,10 +417,10 @@ _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usage
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    from . import supervisor
+
     try:
-        code = _dispatch()
+        code = supervisor.run(_dispatch)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
@@ -450,7 +439,6 @@ def _dispatch() -> int:
         print(f"isprs-seg: error: {exc.format_message().rstrip('.')}{where}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
-        name = signal.Signals(exc.signum).name
-        print(f"isprs-seg: interrupted ({name}); partial outputs were removed", file=sys.stderr)
+        print(exc.message, file=sys.stderr)
         return 128 + exc.signum
     return code if isinstance(code, int) else 0

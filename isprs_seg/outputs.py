@@ -1,17 +1,17 @@
 """Raster output: where outputs go, and writing them safely.
 
 Outputs are referred to by role (``classes``, ``probabilities``, ``features``,
-``pooled``, ``preview``). They are written under a temporary name in the destination
-directory and renamed only when complete (:func:`atomic_outputs`), in whole blocks of
-rows (:class:`BlockRowWriter`) so that compressed tiles are written once. Knows nothing
-of the model.
+``pooled``, ``preview``). They are written in whole blocks of rows
+(:class:`BlockRowWriter`) so that compressed tiles are written once, under a temporary
+name that is renamed only when the output is complete (:mod:`isprs_seg.atomic`).
+Knows nothing of the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import uuid
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -80,11 +80,29 @@ def output_paths(
     return paths
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
 def check_output_path(path: Path) -> None:
-    """Fail early, before any work, when ``path`` cannot be written."""
+    """Fail early, before any work, when ``path`` cannot be written.
+
+    An existing output may be replaced only when it is a regular file, or a symbolic
+    link to one (the file it points to is then replaced): a directory, a device, a FIFO,
+    a socket or a broken link is refused and left untouched.
+    """
+    if os.path.lexists(path):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise OutputError(f"output {path} is a broken symbolic link; refusing to replace it") from None
+        if stat.S_ISDIR(mode):
+            raise OutputError(f"output {path} is a directory")
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise OutputError(f"output {path} is {kind}, not a regular file; refusing to replace it")
+        path = Path(os.path.realpath(path))
     parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"output {path} is a directory")
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -100,63 +118,6 @@ def check_outputs(input: str | os.PathLike, finals: Mapping[str, Path]) -> None:
         check_output_path(path)
         if str(input) == str(path) or (Path(input).exists() and Path(input).resolve() == path.resolve()):
             raise OutputError(f"output {path} would overwrite the input")
-
-
-# --------------------------------------------------------------------------- atomic outputs
-
-
-@contextlib.contextmanager
-def atomic_outputs(finals: Mapping[str, Path]) -> Iterator[dict[str, Path]]:
-    """Temporary paths beside ``finals`` (by role); renamed to the final names only on success.
-
-    On any exception (including KeyboardInterrupt) the temporaries are removed and no
-    file appears under a final name. GeoTIFFs are checked block by block before any
-    rename (:func:`verify_complete`). The renames go in order: put the file whose
-    presence means "done" last.
-    """
-    token = uuid.uuid4().hex[:8]
-    # hidden, unmistakably partial, and with the final suffix so drivers recognise the format
-    temps = {role: f.with_name(f".{f.stem}.{token}.partial{f.suffix}") for role, f in finals.items()}
-    try:
-        yield temps
-        for role, tmp in temps.items():
-            if _is_tiff(tmp):
-                verify_complete(tmp, finals[role])
-        for role, tmp in temps.items():
-            os.replace(tmp, finals[role])
-    except BaseException:
-        for tmp in temps.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise
-
-
-def _is_tiff(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def verify_complete(path: Path, final: Path) -> None:
-    """Check that every block of a GeoTIFF just written lies inside the file.
-
-    GDAL compresses and writes cached blocks when a dataset is closed and only logs a
-    failure there (a full disk, a file size limit): without this check a truncated
-    file would be renamed as if complete.
-    """
-    size = path.stat().st_size
-    try:
-        with rasterio.open(path) as ds:
-            bands = [1] if ds.interleaving and ds.interleaving.value == "PIXEL" else ds.indexes
-            rows, cols = (-(-ds.height // ds.block_shapes[0][0]), -(-ds.width // ds.block_shapes[0][1]))
-            for band in bands:
-                for j in range(rows):
-                    for i in range(cols):
-                        offset = ds.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
-                        length = ds.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
-                        if not offset or not length or int(offset) + int(length) > size:
-                            raise OutputError(f"writing {final} failed part way (is the disk full?)")
-    except RasterioIOError as exc:
-        raise OutputError(f"writing {final} failed ({first_line(exc)})") from exc
 
 
 # --------------------------------------------------------------------------- creating rasters

@@ -27,9 +27,9 @@ from .grid import Grid, make_grid
 from .model import Model, load_model
 from .options import PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions, check_choice, parse_bands, \
     parse_scale
+from .atomic import atomic_outputs
 from .outputs import (
     BlockRowWriter,
-    atomic_outputs,
     check_outputs,
     class_raster,
     feature_raster,

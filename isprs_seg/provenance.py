@@ -24,7 +24,7 @@ import rasterio
 from . import __version__
 from .errors import first_line
 from .options import parse_bands, parse_scale
-from .outputs import verify_complete
+from .atomic import verify_complete
 
 #: GeoTIFF tag holding the settings of the run that wrote the file, by output role.
 SETTINGS_TAG = "ISPRS_SEG_SETTINGS"

@@ -21,22 +21,27 @@ from rasterio.windows import Window
 
 from .errors import InputError, first_line
 
-#: GDAL's block cache, in bytes, unless the user's environment sets GDAL_CACHEMAX: every
-#: block is read once and written once, so GDAL's default (5 % of RAM) would only hold
-#: blocks that are never used again, and grow with the image.
-GDAL_CACHE_BYTES = 64 * 2**20
+#: GDAL settings of every run, unless the user's environment sets them.
+GDAL_SETTINGS = {
+    # Every block is read once and written once, so GDAL's default block cache (5 % of
+    # RAM) would only hold blocks that are never used again, and grow with the image.
+    "GDAL_CACHEMAX": 64 * 2**20,  # bytes
+    # Network reads (/vsicurl/, /vsis3/ ...): a server that accepts and never answers, or
+    # stalls mid-transfer, fails the input after 30 s without data instead of hanging;
+    # a busy server (429, 5xx) is tried again three times with growing delays.
+    "GDAL_HTTP_CONNECTTIMEOUT": "15",
+    "GDAL_HTTP_LOW_SPEED_TIME": "30",
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+}
 
 
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings of every run (the command line and the Python API alike).
-
-    A setting the user's environment already has is left to it.
-    """
-    options = {}
-    if "GDAL_CACHEMAX" not in os.environ:
-        options["GDAL_CACHEMAX"] = GDAL_CACHE_BYTES
-    with rasterio.Env(**options):
+    """The GDAL settings of every run (:data:`GDAL_SETTINGS`), for the command line and the
+    Python API alike; a setting the user's environment already has is left to it."""
+    with rasterio.Env(**{key: value for key, value in GDAL_SETTINGS.items() if key not in os.environ}):
         yield
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
 
 from isprs_seg.errors import OutputError
-from isprs_seg.outputs import BlockRowWriter, atomic_outputs, output_paths
+from conftest import HRO_PLAIN, cli
+from isprs_seg import atomic
+from isprs_seg.atomic import atomic_outputs
+from isprs_seg.outputs import BlockRowWriter, output_paths
 from isprs_seg.raster import RowReader
 
 
@@ -137,3 +146,81 @@ def test_atomic_outputs_refuse_a_geotiff_whose_blocks_lie_past_its_end(tmp_path)
                 last = int(ds.get_tag_item("BLOCK_OFFSET_3_3", "TIFF", bidx=1))
             temps["classes"].write_bytes(data[: last + 10])
     assert list(tmp_path.iterdir()) == []
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+def _char_device(path):  # a second /dev/null
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return path
+
+
+@pytest.mark.parametrize("make,kind", [(_fifo, "a FIFO"), (_char_device, "a character device")])
+@pytest.mark.parametrize("through_link", [False, True])
+def test_an_output_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, small_dir, make, kind,
+                                                                         through_link):
+    special = make(tmp_path / "special")
+    target = tmp_path / "out.tif"
+    if through_link:
+        target.symlink_to(special)
+    else:
+        target = special
+    result = cli("predict", str(HRO_PLAIN), "-o", str(target), "--model", str(small_dir), "-q")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"isprs-seg: error: output {target} is {kind}, not a regular file; refusing to " \
+                                    "replace it"
+    mode = os.stat(special).st_mode
+    assert stat.S_ISFIFO(mode) if make is _fifo else stat.S_ISCHR(mode)
+    assert not through_link or target.is_symlink()
+
+
+def test_a_link_to_a_regular_file_is_written_through(tmp_path):
+    real = tmp_path / "elsewhere" / "classes.tif"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "classes.tif"
+    link.symlink_to(real)
+    with atomic_outputs({"classes": link}) as temps:
+        assert temps["classes"].parent == real.parent
+        _raster(temps["classes"], np.zeros((1, 8, 8), np.uint8))
+    assert link.is_symlink() and rasterio.open(real).width == 8
+
+
+def test_temporaries_are_exclusive_and_stale_ones_of_dead_processes_are_removed(tmp_path, caplog):
+    final = tmp_path / "ortho.classes.tif"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = atomic._HOST
+    stale = tmp_path / f".ortho.classes.{host}-{dead}-{'ab' * 8}.partial.tif"
+    alive = tmp_path / f".ortho.classes.{host}-{os.getppid()}-{'cd' * 8}.partial.tif"
+    other_host = tmp_path / f".ortho.classes.elsewhere-{dead}-{'ef' * 8}.partial.tif"
+    for path in (stale, alive, other_host):
+        path.write_bytes(b"partial")
+    with caplog.at_level(logging.WARNING, logger="isprs_seg"):
+        with atomic_outputs({"classes": final}) as temps:
+            tmp = temps["classes"]
+            assert tmp.name.startswith(f".ortho.classes.{host}-{os.getpid()}-") and tmp.exists()
+            assert tmp in atomic.LIVE
+            _raster(tmp, np.zeros((1, 8, 8), np.uint8))
+    assert tmp not in atomic.LIVE
+    assert not stale.exists() and alive.exists() and other_host.exists()
+    assert f"removed {stale}, a temporary file left by process {dead}, which no longer runs" in caplog.text
+
+    # a file (or a link) already under the temporary's name is never written through
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    real_name = atomic._temporary_name
+    atomic._temporary_name = lambda final: final.with_name("taken")
+    try:
+        (tmp_path / "taken").symlink_to(victim)
+        with pytest.raises(OutputError, match="cannot create the temporary file"):
+            with atomic_outputs({"classes": final}):
+                pass
+    finally:
+        atomic._temporary_name = real_name
+    assert victim.read_bytes() == b"keep"

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from conftest import HRO_NODATA, HRO_PLAIN, cli
-from isprs_seg.outputs import verify_complete
+from isprs_seg.atomic import verify_complete
 from isprs_seg.provenance import SETTINGS_TAG
 
 FAST = ["--tile", "128", "--overlap", "64", "-q"]
