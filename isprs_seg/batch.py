@@ -80,7 +80,7 @@ def _identity(path: str | Path) -> str:
 class Record:
     """The outcome of one input. Every key is always present, None where it does not apply."""
 
-    input: str
+    input: str | None  # None in the record of an error that ended the whole command
     status: str = OK
     outputs: list[str] = field(default_factory=list)
     error: str | None = None

@@ -46,7 +46,7 @@ app.add_typer(model_app, name="model")
 EXIT_FAILED_INPUTS = 1
 EXIT_USAGE = 2
 
-_state = {"debug": False}
+_state = {"debug": False, "json": False}
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -62,8 +62,17 @@ OnError = _choices("OnError", ("continue", "stop"))
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"isprs-seg: error: {message}", file=sys.stderr)
+    _say_error(message)
     raise typer.Exit(code)
+
+
+def _say_error(message: str) -> None:
+    """An error that ends the command: a line on stderr and, with --json, one error record on stdout."""
+    print(f"isprs-seg: error: {message}", file=sys.stderr)
+    if _state["json"]:
+        from .batch import ERROR, Record
+
+        print(json.dumps(Record(None, ERROR, error=message).as_dict()), flush=True)
 
 
 @contextlib.contextmanager
@@ -108,7 +117,7 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and TensorFlow's own log lines."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["json"] = debug, False
     if debug:
         os.environ["ISPRS_SEG_DEBUG"] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow is imported later, on first use
@@ -291,6 +300,7 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
     from .provenance import run_settings
 
     quiet = options["quiet"]
+    _state["json"] = options["as_json"]
     with _notes(quiet):
         with _reported(EXIT_USAGE):
             run = RunOptions(options["tile"], options["overlap"], options["batch_size"], options["blend"].value).check()
@@ -302,6 +312,8 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
         with _reported(EXIT_USAGE):
             if command == "features":
                 model.check_features()
+            else:
+                model.check_classes()
             expected = run_settings(model, run, reading, planned[0], **specific)
         logging.getLogger("isprs_seg").info("running the model on %s (%s)", model.device_description, model.handle)
         progress = BatchProgress(paths, quiet)
@@ -436,7 +448,8 @@ def _dispatch() -> int:
             print(exc.ctx.get_help())
             return 0
         where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        print(f"isprs-seg: error: {exc.format_message().rstrip('.')}{where}", file=sys.stderr)
+        _state["json"] = "--json" in sys.argv[1:]  # the command line could not be parsed to say it
+        _say_error(f"{exc.format_message().rstrip('.')}{where}")
         return EXIT_USAGE
     except Interrupted as exc:
         print(exc.message, file=sys.stderr)

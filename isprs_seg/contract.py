@@ -54,6 +54,16 @@ DEFAULT_OVERLAP = 128
 #: Default number of patches per model call.
 DEFAULT_BATCH_SIZE = 4
 
+#: Host memory one call of HRNetV2-W48 adds on a CPU in float32: resident bytes per input
+#: pixel of the batch; address space: a fixed reserve (TensorFlow's thread pools and
+#: allocator arenas) plus bytes per pixel beyond a batch of ``MODEL_CALL_ADDRESS_KNEE``
+#: pixels. Measured with the W48 stand-in, which has the real architecture, under
+#: TensorFlow 2.21 with batches of 1 to 4 patches of 256 to 768 px (memory.py uses them).
+MODEL_CALL_RESIDENT_PER_PIXEL = 520
+MODEL_CALL_ADDRESS_FIXED = 370 * 2**20
+MODEL_CALL_ADDRESS_KNEE = 500_000
+MODEL_CALL_ADDRESS_PER_PIXEL = 1000
+
 #: Input recipe the model was trained with: pseudo-RGB ``[R, G, (R + G) / 2]``
 #: (the blue channel replaced by the mean of red and green), values in [0, 1].
 INPUT_RECIPE = "pseudo-RGB [R, G, (R+G)/2], values in [0, 1]"

@@ -13,6 +13,7 @@ Knows nothing of how the model is called (:mod:`isprs_seg.model`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -61,6 +62,7 @@ class ModelSource:
     handle: str
     path: Path
     kind: str  # "directory", "archive" or "url"
+    entry: Path | None = None  # the cache entry it was downloaded or unpacked into (url, archive)
 
     def describe(self) -> str:
         how = {
@@ -85,12 +87,14 @@ def resolve(handle: str | os.PathLike | None = None) -> ModelSource:
     if handle.startswith("tfhub.dev/"):
         handle = "https://" + handle
     if _is_url(handle):
-        return ModelSource(handle, _saved_model_root(_download(handle), handle), "url")
+        entry = _download(handle)
+        return ModelSource(handle, _cached_root(entry, handle), "url", entry)
     path = Path(handle).expanduser()
     if path.is_dir():
         return ModelSource(handle, _saved_model_root(path, handle), "directory")
     if path.is_file() and _is_archive(path):
-        return ModelSource(handle, _saved_model_root(_unpack(path), handle), "archive")
+        entry = _unpack(path)
+        return ModelSource(handle, _cached_root(entry, handle), "archive", entry)
     if path.exists():
         raise ModelError(
             f"model {handle} is neither a SavedModel directory nor a .tar.gz archive of one"
@@ -118,6 +122,44 @@ def _hub_environment() -> Iterator[None]:
             os.environ["TFHUB_CACHE_DIR"] = saved_env
 
 
+class DamagedCache(ModelError):
+    """A cache entry that does not hold a loadable SavedModel (an interrupted copy, a bad disk)."""
+
+    def __init__(self, message: str, entry: Path):
+        super().__init__(message)
+        self.entry = entry
+
+
+def forget(entry: Path) -> None:
+    """Remove a cache entry, so that the next :func:`resolve` downloads or unpacks it again."""
+    shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        entry.with_name(entry.name + ".descriptor.txt").unlink()  # tensorflow_hub's note beside it
+
+
+def _cached_root(entry: Path, handle: str) -> Path:
+    try:
+        return _saved_model_root(entry, handle)
+    except ModelError as exc:
+        raise DamagedCache(str(exc), entry) from exc
+
+
+#: Errors of the file system (not of the network) while writing the cache.
+_CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    import http.client
+    import urllib.error
+
+    while exc is not None:
+        if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
+                            http.client.HTTPException)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _download(url: str) -> Path:
     tensorflow()
     import tensorflow_hub as hub
@@ -126,10 +168,13 @@ def _download(url: str) -> Path:
         cache_dir().mkdir(parents=True, exist_ok=True)
         with _hub_environment():
             return Path(hub.resolve(url))
-    except Exception as exc:  # urllib, tarfile, tf.errors: all mean the same to the user
-        raise ModelError(
-            f"could not download the model from {url} ({first_line(exc)}); {_OFFLINE_HINT}"
-        ) from exc
+    except Exception as exc:  # urllib, tarfile, tf.errors, OSError
+        if _is_network_error(exc):
+            raise ModelError(f"could not download the model from {url} ({first_line(exc)}); {_OFFLINE_HINT}") from exc
+        if isinstance(exc, OSError) and exc.errno in _CACHE_ERRNOS:
+            raise ModelError(f"cannot write the model cache {cache_dir()} ({first_line(exc)}); set TFHUB_CACHE_DIR "
+                             "to a writable directory") from exc
+        raise ModelError(f"could not download the model from {url} ({first_line(exc)})") from exc
 
 
 def _unpack(archive: Path) -> Path:

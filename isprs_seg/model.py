@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,8 +20,10 @@ import numpy as np
 from . import contract
 from ._tf import tensorflow
 from .errors import ModelError, first_line
+from .hub import DamagedCache, ModelSource, check_destination, copy_saved_model, forget, resolve, saved_model_digest
 from .options import PRECISIONS
-from .hub import ModelSource, check_destination, copy_saved_model, resolve, saved_model_digest
+
+log = logging.getLogger("isprs_seg")
 
 #: Side of the probe image used to detect the calling convention (a multiple of 32).
 _PROBE_SIZE = 64
@@ -82,6 +85,7 @@ class Model:
     xla: bool = False  # compile each model call with XLA
     _obj: object = field(default=None, repr=False)
     _calls: dict = field(default_factory=dict, repr=False)
+    _fits: int | None = field(default=None, repr=False)  # patches per call after running out of memory
 
     # -- description -------------------------------------------------------------
     @property
@@ -176,28 +180,64 @@ class Model:
         """Trace and run the model once at the batch shape the pipeline will use."""
         self._run(method, sample[:1], batch_size, prepare)
 
+    def check_classes(self) -> None:
+        """Raise the clear error for a model with more classes than a class raster holds."""
+        if self.num_classes > contract.CLASS_NODATA:
+            raise ModelError(
+                f"model {self.handle} has {self.num_classes} classes, more than the {contract.CLASS_NODATA} a class "
+                f"raster holds (values 0-{contract.CLASS_NODATA - 1}; {contract.CLASS_NODATA} marks nodata)")
+
     def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare) -> np.ndarray:
         images = np.asarray(images) if prepare is not None else np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or (prepare is None and images.shape[-1] != 3):
             raise ValueError(f"expected images [n, h, w, 3], got {images.shape}")
         n = images.shape[0]
-        step = batch_size or self.batch_size
-        if self.max_batch is not None:
-            step = min(step, self.max_batch)
+        size = images.shape[2:4] if prepare is not None else images.shape[1:3]  # raw [n, bands, h, w]
+        step = batch_size or self.batch_size  # every call has this many patches, padded if need be
+        for limit in (self.max_batch, self._fits):
+            step = min(step, limit) if limit else step
         call = self._call(method, prepare)
         tf = tensorflow()
         out = []
+        start = 0
         with tf.device(self.device) if self.device else contextlib.nullcontext():
-            for start in range(0, n, step):
+            while start < n:
                 chunk = images[start : start + step]
                 if chunk.shape[0] < step:  # pad the last batch: one shape, one trace
                     pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
                     chunk = np.concatenate([chunk, pad])
-                result = call(tf.constant(chunk)).numpy()
+                try:
+                    result, finite = call(tf.constant(chunk))
+                except tf.errors.ResourceExhaustedError as exc:
+                    if step == 1:
+                        raise ModelError(f"the model ran out of memory even on one patch ({first_line(exc)}); "
+                                         "use a smaller --tile") from exc
+                    step = self._fits = step // 2
+                    log.warning("the model ran out of memory on %d patches per call; going on with %d (this "
+                                "size is kept for the rest of the run)", step * 2, step)
+                    continue
+                result = result.numpy()
+                self._check_output(method, size, result, bool(finite))
                 out.append(result[: min(step, n - start)])
+                start += step
         if len(out) == 1:
             return out[0]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def _check_output(self, method: str, size: tuple[int, int], result: np.ndarray, finite: bool) -> None:
+        """Refuse what a misbehaving model returns: another shape, NaN or infinity."""
+        height, width = size
+        if method == "predict":
+            expected = (result.shape[0], height, width, self.num_classes)
+        else:
+            side = contract.FEATURE_STRIDE
+            expected = (result.shape[0], -(-height // side), -(-width // side), self.feature_channels)
+        what = "class scores" if method == "predict" else "features"
+        if result.shape != expected:
+            raise ModelError(f"model {self.handle} returned {what} of shape {list(result.shape)} for patches of "
+                             f"{height} x {width} px; expected {list(expected)}")
+        if not finite:
+            raise ModelError(f"model {self.handle} returned NaN or infinite {what} for patches of {height} x {width} px")
 
     def _call(self, method: str, prepare=None):
         key = (method, prepare.graph_key if prepare is not None else None)
@@ -214,7 +254,8 @@ class Model:
                     x = prepare.to_model(x)
                 y = _invoke(fn, convention, x)
                 y = tf.cast(y, tf.float32)  # mixed precision may hand back float16
-                return tf.nn.softmax(y, axis=-1) if softmax else y
+                y = tf.nn.softmax(y, axis=-1) if softmax else y
+                return y, tf.reduce_all(tf.math.is_finite(y))  # checked where the model runs
 
             self._calls[key] = call
         return self._calls[key]
@@ -320,6 +361,18 @@ def resolve_device(name: str | None) -> str | None:
     return device
 
 
+def _load_saved_model(handle) -> tuple[ModelSource, object]:
+    source = resolve(handle)
+    try:
+        return source, tensorflow().saved_model.load(str(source.path))
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
+        message = f"could not load the SavedModel in {source.path} ({first_line(exc)})"
+        if source.entry is not None:
+            raise DamagedCache(message, source.entry) from exc
+        raise ModelError(f"{message}; fetch it again with `isprs-seg model fetch` or pass another `--model DIR`") \
+            from exc
+
+
 def load_model(
     handle: str | os.PathLike | None = None,
     batch_size: int = contract.DEFAULT_BATCH_SIZE,
@@ -338,18 +391,19 @@ def load_model(
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = resolve_device(device)
-    source = resolve(handle)
     tf = tensorflow()
     if precision == "mixed":
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
-
     try:
-        obj = tf.saved_model.load(str(source.path))
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
-        raise ModelError(
-            f"could not load the SavedModel in {source.path} ({first_line(exc)}); "
-            "fetch it again with `isprs-seg model fetch` or pass another `--model DIR`"
-        ) from exc
+        source, obj = _load_saved_model(handle)
+    except DamagedCache as exc:  # a copy in the cache: fetch it again, once
+        log.warning("the cached copy of the model in %s cannot be used (%s); fetching it again", exc.entry, exc)
+        forget(exc.entry)
+        try:
+            source, obj = _load_saved_model(handle)
+        except DamagedCache as again:
+            raise ModelError(f"{again}; fetching it again did not help: check the source, or delete {again.entry} "
+                             "and try later") from again
     detected = _detect(obj, source)
     return Model(source=source, batch_size=batch_size, device=device, precision=precision, xla=xla, _obj=obj,
                  **detected)

@@ -24,6 +24,8 @@ from .embeddings import CellPooler, PcaPreview, pool_cell, pool_text
 from .engine import NoProgress, Progress, stream
 from .errors import IsprsSegWarning
 from .grid import Grid, make_grid
+from .memory import Layout
+from .memory import check as check_memory
 from .model import Model, load_model
 from .options import PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions, check_choice, parse_bands, \
     parse_scale
@@ -97,7 +99,7 @@ def prepare_job(dataset: "DatasetReader", model: Model, options: RunOptions, rea
                             reading.normalize)
     if not is_georeferenced(dataset):
         warnings.warn(f"{dataset.name} has no georeferencing, so neither will the outputs", IsprsSegWarning)
-    view = ResampledView(dataset, reading.gsd) if reading.gsd else dataset
+    view = ResampledView(dataset, reading.gsd, nearest=recipe.palette is not None) if reading.gsd else dataset
     grid = make_grid(view.height, view.width, options.tile, options.overlap, contract.NETWORK_STRIDE)
     batch_size = options.batch_size or model.batch_size
     tags = {
@@ -135,6 +137,8 @@ class _Kind:
     method: str  # model method: "predict" or "get_features"
     stride: int  # input pixels per output pixel, along each axis
     open_sink: Callable[[contextlib.ExitStack, dict[str, Path], Job, Model], _OutputSink]
+    written: bool  # every channel is written (probabilities, features), not only the classes
+    output_bytes: int  # bytes per written channel value in the writers' buffers
 
 
 def _resolve_model(model: Model | str | None) -> Model:
@@ -149,12 +153,18 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
     record = settings_tags(run_settings(model, options, reading, finals, **specific), model.handle)
     if kind.method == "get_features":
         model.check_features()
+    else:
+        model.check_classes()
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
     call = model.predict if kind.method == "predict" else model.features
     with gdal_env(), contextlib.ExitStack() as stack:
         src = stack.enter_context(open_input(input))
         job = prepare_job(src, model, options, reading)
         job.tags.update(record)
+        layout = Layout(job.view.height, job.view.width, len(job.recipe.bands), np.dtype(src.dtypes[job.recipe.bands[0] - 1]).itemsize,
+                        channels, kind.stride, kind.output_bytes, channels if kind.written else 0,
+                        on_gpu=model.device_description.startswith("GPU"))
+        check_memory(str(input), layout, options.tile, options.overlap, job.batch_size)
         model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
@@ -249,8 +259,9 @@ def predict_raster(
     def open_sink(stack, temps, job, model):
         return _ClassSink(stack, temps, job, model, probabilities_dtype)
 
-    return _run(input, finals, model, options, reading, progress, _Kind("predict", 1, open_sink),
-                {"probabilities_dtype": probabilities_dtype})
+    kind = _Kind("predict", 1, open_sink, written=bool(probabilities),
+                 output_bytes=4 if probabilities_dtype == "float32" else 1)
+    return _run(input, finals, model, options, reading, progress, kind, {"probabilities_dtype": probabilities_dtype})
 
 
 # --------------------------------------------------------------------------- features
@@ -327,6 +338,6 @@ def extract_features(
     def open_sink(stack, temps, job, model):
         return _FeatureSink(stack, temps, job, model, features)
 
-    return _run(input, finals, model, options, reading, progress, _Kind("get_features", contract.FEATURE_STRIDE,
-                                                                          open_sink),
+    kind = _Kind("get_features", contract.FEATURE_STRIDE, open_sink, written=True, output_bytes=4)
+    return _run(input, finals, model, options, reading, progress, kind,
                 {"dtype": dtype, "pool": pool_text(pool) if pool else None})

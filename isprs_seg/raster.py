@@ -71,9 +71,18 @@ def open_input(path: str | os.PathLike) -> rasterio.DatasetReader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(name)
+            src = rasterio.open(name)
     except RasterioIOError as exc:
         raise InputError(f"{name} cannot be read as a raster ({first_line(exc)})") from exc
+    if src.count == 0:
+        subdatasets = src.subdatasets
+        src.close()
+        if subdatasets:
+            listed = ", ".join(subdatasets[:5]) + (f" and {len(subdatasets) - 5} more" if len(subdatasets) > 5 else "")
+            raise InputError(f"{name} has no raster bands of its own but {len(subdatasets)} subdatasets: give one "
+                             f"of them as the input ({listed})")
+        raise InputError(f"{name} has no raster bands")
+    return src
 
 
 def is_georeferenced(src) -> bool:

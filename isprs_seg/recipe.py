@@ -39,6 +39,8 @@ class InputRecipe:
     ISPRS mean, divided by its standard deviation).
     ``mask``: validity from GDAL's ``dataset`` mask, from the ``nodata`` value only, or
     ``none`` (all pixels valid).
+    ``palette``: for a colour-mapped image, its colour table (3 bytes per index): the one
+    band read holds indices, expanded to R, G, B inside the model call.
     """
 
     bands: tuple[int, ...] = (1, 2)
@@ -47,6 +49,7 @@ class InputRecipe:
     high: float = 255.0
     normalize: str = "unit"
     mask: str = "dataset"
+    palette: bytes | None = None
 
     def to_model(self, raw):
         """Raw patches ``[n, len(bands), h, w]`` to model input ``[n, h, w, 3]`` float32.
@@ -55,6 +58,9 @@ class InputRecipe:
         the raw integers and does no per-pixel work.
         """
         tf = tensorflow()
+        if self.palette is not None:  # indices -> the colours of the table, [n, 3, h, w]
+            table = tf.constant(np.frombuffer(self.palette, np.uint8).reshape(-1, 3))
+            raw = tf.transpose(tf.gather(table, tf.cast(raw[:, 0], tf.int32)), [0, 3, 1, 2])
         x = (tf.cast(raw, tf.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
         x = tf.clip_by_value(x, 0.0, 1.0)
         red, green = x[:, 0], x[:, 1]
@@ -67,12 +73,14 @@ class InputRecipe:
     @property
     def graph_key(self) -> tuple:
         """What :meth:`to_model` depends on: recipes with equal keys share one traced graph."""
-        return (self.recipe, self.low, self.high, self.normalize)
+        return (self.recipe, self.low, self.high, self.normalize, self.palette)
 
     def describe(self) -> str:
         names = "R,G" if self.recipe == "pseudo-rgb" else "R,G,B"
         composed = "pseudo-RGB [R, G, (R+G)/2]" if self.recipe == "pseudo-rgb" else "RGB"
-        text = (f"bands {','.join(map(str, self.bands))} as {names}, {composed}, "
+        read = ("band 1 through its colour table" if self.palette is not None
+                else f"bands {','.join(map(str, self.bands))}")
+        text = (f"{read} as {names}, {composed}, "
                 f"values {_number(self.low)}-{_number(self.high)} -> [0, 1]")
         if self.normalize == "isprs":
             text += ", normalised with the ISPRS mean and std"
@@ -157,6 +165,8 @@ def resolve_recipe(
     ``bands``, ``scale`` as parsed by :mod:`isprs_seg.options`; ``recipe`` and
     ``normalize`` one of :data:`contract.RECIPES` and :data:`contract.NORMALIZATIONS`.
     """
+    if src.colorinterp[0] == ColorInterp.palette:
+        return _palette_recipe(src, bands, recipe, normalize)
     alpha = _alpha_band(src)
     mask = "dataset"
     if alpha is not None and not _alpha_is_a_mask(src, alpha):
@@ -196,3 +206,18 @@ def resolve_recipe(
     log.info("%s: %s (%s)", src.name, chosen.describe(), how)
     return chosen
 
+
+def _palette_recipe(src, bands: tuple[int, ...] | None, recipe: str, normalize: str) -> InputRecipe:
+    """A colour-mapped image: its indices are read and expanded through the colour table."""
+    if bands is not None:
+        raise InputError(f"{src.name} is a colour-mapped (palette) image: --bands does not apply to it")
+    colormap = src.colormap(1)
+    table = np.zeros((256 if src.dtypes[0] == "uint8" else 65536, 3), np.uint8)
+    for index, colour in colormap.items():
+        if index < len(table):
+            table[index] = colour[:3]
+    warnings.warn(f"{src.name} is a colour-mapped (palette) image: its indices are read as the RGB colours of its "
+                  "colour table", IsprsSegWarning)
+    chosen = InputRecipe((1,), recipe, 0.0, 255.0, normalize, "dataset", table.tobytes())
+    log.info("%s: %s (colour table)", src.name, chosen.describe())
+    return chosen

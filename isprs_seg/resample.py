@@ -26,20 +26,22 @@ if TYPE_CHECKING:
 
 
 class ResampledView:
-    """The dataset ``src`` seen with square pixels of ``gsd`` metres (a :class:`RasterView`).
+    """The dataset ``src`` seen with square pixels of ``gsd`` metres (a :class:`RasterView`);
+    ``nearest`` for values that must not be mixed (the indices of a colour-mapped image).
 
     The grid starts at the input's origin; a last partial pixel is left out (the
     regridder extends the outputs over it).
     """
 
-    def __init__(self, src, gsd: float):
+    def __init__(self, src, gsd: float, nearest: bool = False):
         x_metres, y_metres = metres_per_pixel(src, "--gsd")
         self.src = src
         self.scale_x, self.scale_y = gsd / x_metres, gsd / y_metres  # input pixels per model pixel
         self.width = max(1, math.floor(src.width / self.scale_x))
         self.height = max(1, math.floor(src.height / self.scale_y))
         shrinking = min(self.scale_x, self.scale_y) >= 1
-        self.resampling = Resampling.average if shrinking else Resampling.bilinear
+        self.resampling = (Resampling.nearest if nearest  # indices of a colour table cannot be averaged
+                           else Resampling.average if shrinking else Resampling.bilinear)
         self.name, self.dtypes, self.nodata = src.name, src.dtypes, src.nodata
         self.mask_flag_enums = src.mask_flag_enums
 
