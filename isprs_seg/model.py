@@ -3,7 +3,7 @@
 Knows nothing of rasters: it takes batches of float32 images ``[n, h, w, 3]`` in the
 model's input space (or raw patches with an input recipe applied inside the call) and
 returns class probabilities or feature maps as numpy arrays. Where a handle leads is
-:mod:`isprs_seg.hub`'s business.
+:mod:`isprs_seg.hub`'s business, and how to call it is found by :mod:`isprs_seg.probe`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -22,46 +21,9 @@ from ._tf import tensorflow
 from .errors import ModelError, first_line
 from .hub import DamagedCache, ModelSource, check_destination, copy_saved_model, forget, resolve, saved_model_digest
 from .options import PRECISIONS
+from .probe import detect, find_method, invoke
 
 log = logging.getLogger("isprs_seg")
-
-#: Side of the probe image used to detect the calling convention (a multiple of 32).
-_PROBE_SIZE = 64
-
-
-# --------------------------------------------------------------------------- calling
-
-
-@dataclass
-class _Method:
-    """One model method (``predict`` or ``get_features``) and how it is reached."""
-
-    name: str
-    fn: Callable
-    via: str  # "attribute" or "signature"
-
-
-def _find_method(obj, name: str) -> _Method | None:
-    fn = getattr(obj, name, None)
-    if fn is not None and callable(fn):
-        return _Method(name, fn, "attribute")
-    signatures = getattr(obj, "signatures", None) or {}
-    if name in signatures:
-        sig = signatures[name]
-        keys = list(sig.structured_input_signature[1])
-        if len(keys) != 1:
-            return None
-
-        def call(x, _sig=sig, _key=keys[0]):
-            outputs = _sig(**{_key: x})
-            return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
-
-        return _Method(name, call, "signature")
-    return None
-
-
-#: Calling conventions tried in order: (input form, images per call in the probe).
-_CONVENTIONS = (("tensor", 2), ("list", 2), ("list", 1), ("tensor", 1))
 
 
 @dataclass
@@ -244,7 +206,7 @@ class Model:
         if key not in self._calls:
             tf = tensorflow()
 
-            fn = _find_method(self._obj, method).fn
+            fn = find_method(self._obj, method).fn
             convention = self.convention
             softmax = method == "predict" and not self.outputs_probabilities
 
@@ -252,100 +214,13 @@ class Model:
             def call(x):
                 if prepare is not None:
                     x = prepare.to_model(x)
-                y = _invoke(fn, convention, x)
+                y = invoke(fn, convention, x)
                 y = tf.cast(y, tf.float32)  # mixed precision may hand back float16
                 y = tf.nn.softmax(y, axis=-1) if softmax else y
                 return y, tf.reduce_all(tf.math.is_finite(y))  # checked where the model runs
 
             self._calls[key] = call
         return self._calls[key]
-
-
-def _invoke(fn: Callable, convention: str, x):
-    """Call a model method on a 4-D batch in the given convention; returns a 4-D tensor."""
-    tf = tensorflow()
-
-    if convention == "tensor":
-        y = fn(x)
-    else:
-        y = fn([x[i] for i in range(x.shape[0])])
-        if isinstance(y, (list, tuple)):
-            y = tf.stack(list(y))
-    if isinstance(y, dict):
-        y = next(iter(y.values()))
-    return tf.convert_to_tensor(y)
-
-
-def _probe_images(n: int, size: int = _PROBE_SIZE) -> np.ndarray:
-    """A deterministic, textured probe batch in [0, 1]."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = np.stack([0.5 + 0.4 * np.sin(7 * xx), 0.5 + 0.4 * np.cos(5 * yy), 0.5 + 0.3 * np.sin(3 * (xx + yy))], -1)
-    return np.stack([np.roll(base, 7 * i, axis=1) for i in range(n)]).astype(np.float32)
-
-
-def _detect(obj, source: ModelSource) -> dict:
-    """Find the methods, the calling convention and the output layout with probe calls."""
-    predict = _find_method(obj, "predict")
-    if predict is None:
-        raise ModelError(
-            f"model {source.handle} does not have the expected interface: it needs a "
-            "`predict` method or signature taking RGB images [batch, height, width, 3] "
-            "and returning class probabilities [batch, height, width, classes]"
-        )
-    errors = []
-    for convention, n in _CONVENTIONS:
-        probe = _probe_images(n)
-        try:
-            tf = tensorflow()
-            out = _invoke(predict.fn, convention, tf.constant(probe)).numpy()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not this convention"
-            errors.append(f"{convention}: {first_line(exc)}")
-            continue
-        if out.ndim == 4 and out.shape[:3] == probe.shape[:3] and out.shape[3] >= 2:
-            break
-        errors.append(f"{convention}: output shape {out.shape} for input {probe.shape}")
-    else:
-        raise ModelError(
-            f"model {source.handle} does not have the expected interface: predict must take "
-            "a float32 tensor [batch, height, width, 3] or a list of [height, width, 3] "
-            "images and return [batch, height, width, classes] at the input resolution "
-            f"(tried: {'; '.join(errors)})"
-        )
-    sums = out.sum(axis=-1)
-    probabilities = bool(
-        np.all(np.isfinite(out))
-        and out.min() >= -1e-4
-        and out.max() <= 1 + 1e-4
-        and np.abs(sums - 1).max() < 1e-3
-    )
-    detected = {
-        "convention": convention,
-        "max_batch": None if n > 1 else 1,
-        "num_classes": int(out.shape[-1]),
-        "outputs_probabilities": probabilities,
-        "methods": {"predict": predict.via},
-        "feature_channels": None,
-    }
-    features = _find_method(obj, "get_features")
-    if features is not None:
-        tf = tensorflow()
-
-        try:
-            fout = _invoke(features.fn, convention, tf.constant(probe)).numpy()
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(
-                f"model {source.handle}: get_features failed on a {_PROBE_SIZE}x{_PROBE_SIZE} "
-                f"probe ({first_line(exc)})"
-            ) from exc
-        side = -(-_PROBE_SIZE // contract.FEATURE_STRIDE)
-        if fout.ndim != 4 or fout.shape[:3] != (n, side, side):
-            raise ModelError(
-                f"model {source.handle}: get_features returned shape {fout.shape} for input "
-                f"{probe.shape}; expected [batch, ceil(height/4), ceil(width/4), channels]"
-            )
-        detected["feature_channels"] = int(fout.shape[-1])
-        detected["methods"]["get_features"] = features.via
-    return detected
 
 
 def resolve_device(name: str | None) -> str | None:
@@ -404,7 +279,7 @@ def load_model(
         except DamagedCache as again:
             raise ModelError(f"{again}; fetching it again did not help: check the source, or delete {again.entry} "
                              "and try later") from again
-    detected = _detect(obj, source)
+    detected = detect(obj, source)
     return Model(source=source, batch_size=batch_size, device=device, precision=precision, xla=xla, _obj=obj,
                  **detected)
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from conftest import HRO_NODATA, HRO_PLAIN, cli
-from isprs_seg.progress import BatchProgress, duration
+from isprs_seg.cli.progress import BatchProgress, duration
 
 
 @pytest.mark.parametrize("command", ["predict", "features"])

@@ -1,0 +1,65 @@
+"""``isprs-seg model info`` and ``isprs-seg model fetch``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import EXIT_USAGE, _examples, _load, _reported, model_app
+from .options import MODEL_HELP
+
+
+@model_app.command("info", epilog=_examples("isprs-seg model info", "isprs-seg model info --model isprs-hrnet/ --json"))
+def model_info(
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="HANDLE", show_default=False,
+                                        help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", show_default=False, help="Print one JSON object.  [default: off]"),
+) -> None:
+    """Load the model and describe it: source, calling convention, classes, features."""
+    info = _load(model).info()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    features = (
+        f"{info['feature_channels']} channels at 1/{info['feature_stride']} resolution"
+        if info["feature_channels"] else "not available (no get_features)"
+    )
+    lines = [
+        f"model:        {info['handle']}",
+        f"loaded from:  {info['loaded_from']}",
+        f"input:        {info['input']}",
+        f"recipe:       {info['input_recipe']}",
+        "methods:      " + ", ".join(f"{k} ({v})" for k, v in info["methods"].items()),
+        f"output:       {info['output']}",
+        f"features:     {features}",
+        f"defaults:     tile {info['default_tile']}, overlap {info['default_overlap']}, "
+        f"network stride {info['network_stride']}",
+        "classes:",
+    ]
+    lines += [f"  {c['index']}  {c['color']}  {c['name']}" for c in info["classes"]]
+    print("\n".join(lines))
+
+
+@model_app.command("fetch", epilog=_examples(
+    "isprs-seg model fetch --to isprs-hrnet/",
+    "isprs-seg predict ortho.tif -o ortho.classes.tif --model isprs-hrnet/   # on the offline machine",
+))
+def model_fetch(
+    to: Path = typer.Option(..., "--to", metavar="DIR", show_default=False,
+                            help="Directory to create: pass it as --model on an offline machine."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="HANDLE", show_default=False,
+                                        help=MODEL_HELP),
+) -> None:
+    """Download and unpack the model into a directory usable offline with --model DIR."""
+    from ..model import fetch_model
+
+    with _reported(EXIT_USAGE):
+        fetched = fetch_model(model, to)
+    print(to)
+    print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)
+
+

@@ -1,0 +1,166 @@
+"""``isprs-seg predict`` and ``isprs-seg features``: many inputs, one model, one record each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _load, _notes, _reported, _state, app
+from ..options import FeatureOptions, InputOptions, RunOptions
+from .options import BATCH_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, INPUTS, MODEL_OPTIONS, FeatureDtype, \
+    ProbabilityDtype, with_options
+
+
+def _expand_inputs(inputs: List[str]) -> List[str]:
+    """Paths as given; ``-`` reads more paths from stdin (blank lines and # comments skipped)."""
+    paths: List[str] = []
+    for item in inputs:
+        if item == "-":
+            paths += [line.strip() for line in sys.stdin if line.strip() and not line.strip().startswith("#")]
+        else:
+            paths.append(item)
+    return paths
+
+
+def _run_command(command: str, paths: List[str], output: Optional[Path], main: str, extra: List[str],
+                 given: dict, specific: dict, work, options: dict) -> None:
+    """What ``predict`` and ``features`` share: check everything, load the model, run the batch, report.
+
+    ``work(path, outputs, model, run, reading, progress)`` runs one input; ``specific``:
+    the command's own options that change pixels (see :mod:`isprs_seg.provenance`).
+    """
+    from ..batch import ERROR, SKIPPED, plan_outputs, run_batch
+    from .progress import BatchProgress
+    from ..provenance import run_settings
+
+    quiet = options["quiet"]
+    _state["json"] = options["as_json"]
+    with _notes(quiet):
+        with _reported(EXIT_USAGE):
+            run = RunOptions(options["tile"], options["overlap"], options["batch_size"], options["blend"].value).check()
+            reading = InputOptions(options["bands"], options["recipe"], options["scale"], options["normalize"],
+                                   options["gsd"]).check()
+            planned = plan_outputs(paths, main, extra, output=output, out_dir=options["out_dir"], given=given)
+        model = _load(options["model"], options["batch_size"], options["device"], options["precision"],
+                      options["xla"])
+        with _reported(EXIT_USAGE):
+            if command == "features":
+                model.check_features()
+            else:
+                model.check_classes()
+            expected = run_settings(model, run, reading, planned[0], **specific)
+        logging.getLogger("isprs_seg").info("running the model on %s (%s)", model.device_description, model.handle)
+        progress = BatchProgress(paths, quiet)
+        index = {path: i for i, path in enumerate(paths)}
+
+        def one(path: str, outputs: dict):
+            return work(path, outputs, model, run, reading, progress.bar(index[path]))
+
+        failed = 0
+        for record in run_batch(paths, planned, one, expected=expected, overwrite=options["overwrite"],
+                                stop_on_error=options["on_error"].value == "stop",
+                                fields={"tile": run.tile, "overlap": run.overlap, "batch_size": run.batch_size}):
+            if record.status == ERROR:
+                failed += 1
+                if _state["debug"] and record.exception is not None:
+                    traceback.print_exception(record.exception)
+                print(f"isprs-seg: error: {record.error}", file=sys.stderr)
+            elif record.status == SKIPPED:  # said even with -q and --json: nothing was written
+                print(f"isprs-seg: {record.input}: skipped, its outputs are complete and were made with the same "
+                      "settings (--overwrite to redo)", file=sys.stderr)
+            progress.finished(index[record.input], record.seconds, ran=record.status != SKIPPED)
+            if options["as_json"]:
+                print(json.dumps(record.as_dict()), flush=True)
+            elif record.status == "ok":
+                for written in record.outputs:
+                    print(written, flush=True)
+    if failed:
+        raise typer.Exit(EXIT_FAILED_INPUTS)
+
+
+@app.command(epilog=_examples(
+    "isprs-seg predict sample_data/colorado_springs_15cm.tif -o sample.classes.tif --probabilities",
+    "isprs-seg predict tiles/*.tif --out-dir results/ --gsd 0.08",
+    "find /data -name '*.tif' | isprs-seg predict - --out-dir results/ --json > runs.jsonl",
+))
+@with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
+def predict(
+    inputs: List[str] = INPUTS,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT.tif", show_default=False,
+                                          help="Class raster path, for one input.  [default: none: give -o or --out-dir]"),
+    probabilities: bool = typer.Option(False, "--probabilities", show_default=False,
+                                       help="Also write per-class probabilities (OUT.probabilities.tif).  "
+                                            "[default: off]"),
+    probabilities_dtype: ProbabilityDtype = typer.Option(
+        "float32", "--probabilities-dtype", help="float32, or uint8 scaled 0-255."),
+    **options,
+) -> None:
+    """Segment rasters into georeferenced class rasters (OUT.tif, or DIR/<stem>.classes.tif).
+
+    INPUT: rasters, or GDAL paths such as /vsicurl/...; - reads more paths from stdin, one per line.
+    """
+    from ..pipeline import predict_raster
+
+    def work(path, outputs, model, run, reading, progress):
+        return predict_raster(
+            path, outputs["classes"], model=model, probabilities=outputs.get("probabilities"), tile=run.tile,
+            overlap=run.overlap, batch_size=run.batch_size, blend=run.blend,
+            probabilities_dtype=probabilities_dtype.value, reading=reading, progress=progress,
+        )
+
+    _run_command("predict", _expand_inputs(inputs), output, "classes", ["probabilities"] if probabilities else [], {},
+                 {"probabilities_dtype": probabilities_dtype.value}, work, options)
+
+
+@app.command(epilog=_examples(
+    "isprs-seg features sample_data/colorado_springs_15cm.tif -o sample.features.tif --preview sample.png",
+    "isprs-seg features tiles/*.tif --out-dir feats/ --pool 10 --preview 'feats/{stem}.png'",
+))
+@with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
+def features(
+    inputs: List[str] = INPUTS,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT.tif", show_default=False,
+                                          help="Feature raster path, for one input.  [default: none: give -o or --out-dir]"),
+    dtype: FeatureDtype = typer.Option("float16", "--dtype", help="float16 (half precision on disk) or float32."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", metavar="SIZE", show_default=False,
+        help="Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
+             "OUT.pooled.gpkg.  [default: none]",
+    ),
+    preview: Optional[str] = typer.Option(
+        None, "--preview", metavar="PNG", show_default=False,
+        help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  "
+             "[default: none]",
+    ),
+    **options,
+) -> None:
+    """Write dense 1/4-resolution features (OUT.tif, or DIR/<stem>.features.tif).
+
+    INPUT: rasters, or GDAL paths such as /vsicurl/...; - reads more paths from stdin, one per line.
+    """
+    from ..pipeline import extract_features
+
+    from ..embeddings import pool_text
+
+    with _reported(EXIT_USAGE):
+        FeatureOptions(dtype.value, pool).check()
+
+    def work(path, outputs, model, run, reading, progress):
+        return extract_features(
+            path, outputs["features"], model=model, tile=run.tile, overlap=run.overlap, batch_size=run.batch_size,
+            blend=run.blend, dtype=dtype.value, pool=pool, pooled=outputs.get("pooled"),
+            preview=outputs.get("preview"), reading=reading, progress=progress,
+        )
+
+    given = {"preview": preview} if preview else {}
+    specific = {"dtype": dtype.value, "pool": pool_text(pool) if pool else None}
+    _run_command("features", _expand_inputs(inputs), output, "features", ["pooled"] if pool else [], given, specific,
+                 work, options)
+
+
