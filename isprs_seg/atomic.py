@@ -126,6 +126,22 @@ def atomic_outputs(finals: Mapping[str, Path]) -> Iterator[dict[str, Path]]:
             LIVE.difference_update(temps.values())
 
 
+@contextlib.contextmanager
+def scratch(near: Path) -> Iterator[Path]:
+    """One more temporary file beside ``near`` (created exclusively), removed when the block ends."""
+    path = _temporary_name(near)
+    _create_exclusively(path)
+    with _LIVE_LOCK:
+        LIVE.add(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with _LIVE_LOCK:
+            LIVE.discard(path)
+
+
 def remove_live_temporaries() -> None:
     """Remove this process's temporaries now (for a process that must exit at once)."""
     with _LIVE_LOCK:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from .errors import InputError, IsprsSegError, OutputError, first_line
-from .outputs import check_output_path, output_paths
+from .outputs import check_output_path, listed, output_paths
 from .provenance import existing_outputs
 
 log = logging.getLogger("isprs_seg")
@@ -93,6 +93,7 @@ class Record:
     batch_size: int | None = None
     seconds: float | None = None
     class_fractions: dict[str, float] | None = None
+    polygons: int | None = None  # vectorize only
     exception: BaseException | None = field(default=None, repr=False)  # for --debug, never serialised
 
     def as_dict(self) -> dict:
@@ -119,13 +120,15 @@ Work = Callable[[str, dict], object]
 
 
 def run_batch(
-    inputs: Sequence[str], planned: Sequence[dict[str, Path]], work: Work, *, expected: Mapping[str, dict],
+    inputs: Sequence[str], planned: Sequence[dict[str, Path]], work: Work, *,
+    expected: Mapping[str, dict] | Callable[[str], Mapping[str, dict]],
     overwrite: bool = False, stop_on_error: bool = False, fields: dict | None = None,
 ) -> Iterator[Record]:
     """Run ``work`` for each input and yield its record as soon as it is known.
 
     ``expected``: the settings of this run by output role
-    (:func:`isprs_seg.provenance.run_settings`). Unless ``overwrite``, an input whose
+    (:func:`isprs_seg.provenance.run_settings`), or a function of the input that gives
+    them. Unless ``overwrite``, an input whose
     outputs all exist, are complete and were made with these settings is skipped, and
     one with an output made with other settings fails with a sentence saying which
     (:func:`isprs_seg.provenance.existing_outputs`); incomplete outputs are made again
@@ -136,10 +139,18 @@ def run_batch(
     for path, outputs in zip(inputs, planned):
         record = Record(path, **(fields or {}))
         started = time.perf_counter()
-        existing = None if overwrite else existing_outputs(outputs, expected)
+        try:
+            settings = expected(path) if callable(expected) else expected
+            existing = None if overwrite else existing_outputs(outputs, settings)
+        except Exception as exc:  # noqa: BLE001 - an input whose settings cannot even be worked out
+            record.status, record.error, record.exception = ERROR, error_message(path, exc), exc
+            yield record
+            if stop_on_error:
+                return
+            continue
         if existing is not None and existing.complete:
             record.status, record.seconds = SKIPPED, 0.0
-            record.outputs = [str(outputs[r]) for r in _main_first(outputs)]
+            record.outputs = [str(p) for p in listed(outputs)]
         elif existing is not None and existing.conflict:
             record.status, record.seconds = ERROR, 0.0
             record.error = f"{existing.conflict}; use --overwrite to replace it"
@@ -160,8 +171,3 @@ def run_batch(
         yield record
         if record.status == ERROR and stop_on_error:
             return
-
-
-def _main_first(outputs: dict[str, Path]) -> list[str]:
-    roles = list(outputs)
-    return roles[-1:] + roles[:-1]

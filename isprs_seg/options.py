@@ -109,10 +109,11 @@ class InputOptions:
 
 @dataclass(frozen=True)
 class FeatureOptions:
-    """What ``features`` writes besides the feature raster (``--dtype``, ``--pool``)."""
+    """How ``features`` writes (``--dtype``, ``--pool``, ``--cog``)."""
 
     dtype: str = "float16"
     pool: str | None = None  # "10", "10m" or "256px"
+    cog: bool = False  # a Cloud Optimized GeoTIFF with overviews
 
     def check(self) -> "FeatureOptions":
         check_choice("--dtype", self.dtype, FEATURE_DTYPES)

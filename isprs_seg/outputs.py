@@ -10,6 +10,7 @@ Knows nothing of the model.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import warnings
@@ -19,12 +20,15 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import rasterio
 import rasterio.control
+import rasterio.shutil
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from ._native import native_stderr_captured
+from .atomic import scratch, verify_complete
 from .errors import OutputError, first_line
+from .legend import pam_path, style_path
 
 #: Block side of every output GeoTIFF but feature rasters.
 OUTPUT_BLOCK = 512
@@ -41,7 +45,19 @@ SUFFIXES = {
     "probabilities": ".probabilities.tif",
     "features": ".features.tif",
     "pooled": ".pooled.gpkg",
+    "polygons": ".polygons.gpkg",
 }
+
+#: Files that go with the class raster, named after it (see :mod:`isprs_seg.legend`):
+#: they are written and committed with it, but not listed among the outputs.
+COMPANIONS = {"categories": pam_path, "legend": style_path}
+
+#: Overview resampling of each output role written as a Cloud Optimized GeoTIFF: class
+#: values must stay class values (or nodata), scores are averaged.
+OVERVIEW_RESAMPLING = {"classes": "MODE", "probabilities": "AVERAGE", "features": "AVERAGE"}
+
+#: Overviews are made down to about this many pixels along the longer side.
+OVERVIEW_SMALLEST = 256
 
 
 # --------------------------------------------------------------------------- naming
@@ -74,10 +90,18 @@ def output_paths(
     else:
         base = Path(out_dir) / stem
     given = given or {}
-    paths = {role: base.with_name(base.name + SUFFIXES[role]) for role in extra if role not in given}
+    main_path = output if output is not None else base.with_name(base.name + SUFFIXES[main])
+    paths = {role: base.with_name(base.name + SUFFIXES[role]) for role in extra if role not in given | COMPANIONS}
     paths.update({role: Path(str(path).replace("{stem}", stem)) for role, path in given.items()})
-    paths[main] = output if output is not None else base.with_name(base.name + SUFFIXES[main])
+    paths.update({role: name(main_path) for role, name in COMPANIONS.items() if role in extra})
+    paths[main] = main_path
     return paths
+
+
+def listed(outputs: Mapping[str, object]) -> list:
+    """The outputs a user is told about: the main one first, without the companion files."""
+    roles = [role for role in outputs if role not in COMPANIONS]
+    return [outputs[role] for role in roles[-1:] + roles[:-1]]
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -236,7 +260,39 @@ def feature_raster(path: Path, src, channels: int, stride: int, dtype: str, tags
         profile["nbits"] = 16
     with _created(path, profile, src, stride) as dst:
         dst.update_tags(**tags, FEATURE_STRIDE=str(stride), PRECISION=dtype)
+        for band in range(1, channels + 1):
+            dst.set_band_description(band, f"f{band - 1:03d}")
         yield dst
+
+
+def to_cog(path: Path, role: str, final: Path) -> None:
+    """Rewrite the finished GeoTIFF ``path`` as a Cloud Optimized GeoTIFF, in place.
+
+    GDAL's COG driver copies it with internal overviews (halving down to about
+    :data:`OVERVIEW_SMALLEST` px, resampled as :data:`OVERVIEW_RESAMPLING` says for the
+    role), reading it in blocks: memory stays bounded; the disk needs room for a second
+    copy and GDAL's temporary overviews while it works. ``final``: the name in messages.
+    """
+    verify_complete(path, final)  # a write that failed at close must not be read back
+    with rasterio.open(path) as src:
+        side, block, compress = max(src.width, src.height), src.block_shapes[0][0], src.compression
+        nbits = src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
+    levels = max(0, math.ceil(math.log2(side / OVERVIEW_SMALLEST))) if side > OVERVIEW_SMALLEST else 0
+    options = {
+        "BLOCKSIZE": block, "COMPRESS": compress.value if compress else "DEFLATE", "PREDICTOR": "YES",
+        "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS", "OVERVIEW_RESAMPLING": OVERVIEW_RESAMPLING[role],
+        "OVERVIEW_COUNT": levels, "OVERVIEWS": "IGNORE_EXISTING" if levels else "NONE",
+    }
+    if nbits:
+        options["NBITS"] = nbits
+    with scratch(path.with_name(final.name)) as cog:
+        try:
+            with native_stderr_captured(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rasterio.shutil.copy(path, cog, driver="COG", **options)
+        except Exception as exc:  # noqa: BLE001 - GDAL's own errors come in many classes
+            raise OutputError(f"cannot write {final} as a Cloud Optimized GeoTIFF ({first_line(exc)})") from exc
+        os.replace(cog, path)
 
 
 # --------------------------------------------------------------------------- writing rows

@@ -30,13 +30,17 @@ from .model import Model, load_model
 from .options import PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions, check_choice, parse_bands, \
     parse_scale
 from .atomic import atomic_outputs
+from .legend import write_legend
 from .outputs import (
+    COMPANIONS,
     BlockRowWriter,
     check_outputs,
     class_raster,
     feature_raster,
+    listed,
     output_paths,
     probability_raster,
+    to_cog,
 )
 from .plan import Batch, plan_batches
 from .provenance import run_settings, settings_tags
@@ -123,7 +127,7 @@ class _OutputSink:
     def finish(self) -> None:
         """Flush the last rows; the outputs are still open."""
 
-    def closed(self, temps: dict[str, Path]) -> None:
+    def closed(self, temps: dict[str, Path], finals: dict[str, Path]) -> None:
         """Work on the finished outputs, after they are closed and before they are committed."""
 
     def summary(self) -> dict:
@@ -178,10 +182,9 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
             counts = stream(job.grid, job.batches, reader, lambda raw: call(raw, job.batch_size, job.recipe), sink,
                             blend=options.blend, stride=kind.stride, channels=channels, progress=bar)
             sink.finish()
-        outputs.closed(temps)
-    main = list(finals)[-1]
+        outputs.closed(temps, finals)
     return RunResult(
-        str(input), [str(finals[main])] + [str(p) for role, p in finals.items() if role != main],
+        str(input), [str(p) for p in listed(finals)],
         src.width, src.height, counts.sent, counts.skipped, options.tile, options.overlap, job.batch_size,
         time.perf_counter() - started, **outputs.summary(),
     )
@@ -193,8 +196,10 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
 class _ClassSink(_OutputSink):
     """The class raster (argmax of the probabilities) and, when asked, the probabilities."""
 
-    def __init__(self, stack: contextlib.ExitStack, temps: dict[str, Path], job: Job, model: Model, dtype: str):
+    def __init__(self, stack: contextlib.ExitStack, temps: dict[str, Path], job: Job, model: Model, dtype: str,
+                 cog: bool, vector: str | None):
         src, names = job.dataset, model.class_names
+        self.colors, self.cog, self.vector = model.class_colors, cog, vector
         classes = stack.enter_context(
             class_raster(temps["classes"], src, names, model.class_colors, contract.CLASS_NODATA, job.tags))
         self.classes = BlockRowWriter(classes)
@@ -219,6 +224,16 @@ class _ClassSink(_OutputSink):
         if self.probabilities:
             self.probabilities.finish()
 
+    def closed(self, temps: dict[str, Path], finals: dict[str, Path]) -> None:
+        for role in ("probabilities", "classes"):
+            if self.cog and role in temps:
+                to_cog(temps[role], role, finals[role])
+        write_legend(temps["categories"], temps["legend"], self.names, self.colors)
+        if "polygons" in temps:
+            from .vectorize import vectorize_raster
+
+            vectorize_raster(temps["classes"], temps["polygons"], classes=None if self.vector == "all" else self.vector)
+
     def summary(self) -> dict:
         total = self.counts.sum()
         return {"class_fractions": {n: float(c / total) if total else 0.0 for n, c in zip(self.names, self.counts)}}
@@ -236,6 +251,8 @@ def predict_raster(
     batch_size: int | None = None,
     blend: str = "taper",
     probabilities_dtype: str = "float32",
+    cog: bool = True,
+    vector: str | None = None,
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
 ) -> RunResult:
@@ -247,21 +264,31 @@ def predict_raster(
     ``reading``: band mapping, scaling and normalisation (:class:`InputOptions`).
     ``progress``: called with the number of patches, returns a :class:`Progress`
     (for example ``lambda total: tqdm(total=total)``), advanced once per patch.
+    ``cog``: the class and probability rasters are Cloud Optimized GeoTIFFs with
+    overviews (else tiled GeoTIFFs without). Beside the class raster go its category
+    names (``OUT.tif.aux.xml``) and a QGIS style (``OUT.qml``), see :mod:`isprs_seg.legend`.
+    ``vector``: also polygonise these classes (``"building,car"``, or ``"all"``) into
+    ``OUT.polygons.gpkg`` (see :func:`isprs_seg.vectorize.vectorize_raster`).
     Outputs appear under their final names only when complete.
     """
     options = RunOptions(tile, overlap, batch_size, blend).check()
     reading.check()
     check_choice("--probabilities-dtype", probabilities_dtype, PROBABILITY_DTYPES)
     given = {"probabilities": probabilities} if probabilities and probabilities is not True else {}
-    finals = output_paths(input, "classes", ["probabilities"] if probabilities else [], output=output,
-                          out_dir=out_dir, given=given)
+    if vector:
+        from .vectorize import require_vector
+
+        require_vector()
+    extra = (["probabilities"] if probabilities else []) + (["polygons"] if vector else [])
+    finals = output_paths(input, "classes", [*extra, *COMPANIONS], output=output, out_dir=out_dir, given=given)
 
     def open_sink(stack, temps, job, model):
-        return _ClassSink(stack, temps, job, model, probabilities_dtype)
+        return _ClassSink(stack, temps, job, model, probabilities_dtype, cog, vector)
 
     kind = _Kind("predict", 1, open_sink, written=bool(probabilities),
                  output_bytes=4 if probabilities_dtype == "float32" else 1)
-    return _run(input, finals, model, options, reading, progress, kind, {"probabilities_dtype": probabilities_dtype})
+    specific = {"probabilities_dtype": probabilities_dtype, "vector": vector}
+    return _run(input, finals, model, options, reading, progress, kind, specific)
 
 
 # --------------------------------------------------------------------------- features
@@ -282,6 +309,7 @@ class _FeatureSink(_OutputSink):
             cell = pool_cell(features.pool, src)
             self.pooler = CellPooler(temps["pooled"], src, cell, stride, height, width, channels)
         self.sampler = PcaPreview(height * width) if "preview" in temps else None
+        self.cog = features.cog
 
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
         self.writer.write(row, values, valid)
@@ -295,9 +323,11 @@ class _FeatureSink(_OutputSink):
         if self.pooler:
             self.pooler.close()
 
-    def closed(self, temps: dict[str, Path]) -> None:
+    def closed(self, temps: dict[str, Path], finals: dict[str, Path]) -> None:
         if self.sampler:
             self.sampler.write(temps["features"], temps["preview"])
+        if self.cog:
+            to_cog(temps["features"], "features", finals["features"])
 
 
 def extract_features(
@@ -314,6 +344,7 @@ def extract_features(
     pool: str | float | None = None,
     pooled: str | os.PathLike | None = None,
     preview: str | os.PathLike | None = None,
+    cog: bool = False,
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
 ) -> RunResult:
@@ -326,11 +357,12 @@ def extract_features(
     ``pool``: cell size of mean-pooled embeddings (metres, or pixels with a ``px``
     suffix), written as a GeoPackage to ``pooled`` (default ``OUT.pooled.gpkg``).
     ``preview``: path of a PNG false-colour quick-look (first three principal
-    components). Other arguments as in :func:`predict_raster`.
+    components). ``cog``: write the feature raster as a Cloud Optimized GeoTIFF with
+    overviews. Other arguments as in :func:`predict_raster`.
     """
     options = RunOptions(tile, overlap, batch_size, blend).check()
     reading.check()
-    features = FeatureOptions(dtype, str(pool) if pool else None).check()
+    features = FeatureOptions(dtype, str(pool) if pool else None, cog).check()
     given = {role: path for role, path in (("pooled", pooled if pool else None), ("preview", preview)) if path}
     finals = output_paths(input, "features", ["pooled"] if pool else [], output=output, out_dir=out_dir,
                           given=given)

@@ -15,6 +15,7 @@ made with the same settings (:func:`existing_outputs`).
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -32,9 +33,12 @@ SETTINGS_TAG = "ISPRS_SEG_SETTINGS"
 #: Output roles and the options that change their pixels, besides the common ones.
 ROLE_OPTIONS = {
     "classes": (),
+    "categories": (),
+    "legend": (),
     "probabilities": ("probabilities_dtype",),
     "features": ("dtype",),
     "pooled": ("pool",),
+    "polygons": ("vector",),
     "preview": ("dtype",),
 }
 
@@ -42,7 +46,8 @@ ROLE_OPTIONS = {
 FLAGS = {
     "tile": "--tile", "overlap": "--overlap", "blend": "--blend", "bands": "--bands", "recipe": "--recipe",
     "scale": "--scale", "normalize": "--normalize", "gsd": "--gsd", "precision": "--precision",
-    "probabilities_dtype": "--probabilities-dtype", "dtype": "--dtype", "pool": "--pool",
+    "probabilities_dtype": "--probabilities-dtype", "dtype": "--dtype", "pool": "--pool", "vector": "--vector",
+    "classes": "--classes", "min_area": "--min-area", "simplify": "--simplify",
 }
 
 
@@ -77,9 +82,14 @@ def settings_tags(settings: Mapping[str, dict], handle: str) -> dict[str, str]:
 
 
 def read_settings(path: Path) -> dict | None:
-    """The recorded settings of a GeoTIFF output, or None when it has none."""
-    with rasterio.open(path) as ds:
-        text = ds.tags().get(SETTINGS_TAG)
+    """The recorded settings of a GeoTIFF or GeoPackage output, or None when it has none."""
+    if path.suffix.lower() == ".gpkg":
+        import pyogrio
+
+        text = (pyogrio.read_info(path).get("layer_metadata") or {}).get(SETTINGS_TAG)
+    else:
+        with rasterio.open(path) as ds:
+            text = ds.tags().get(SETTINGS_TAG)
     return json.loads(text) if text else None
 
 
@@ -89,8 +99,10 @@ def difference(path: Path, recorded: dict, expected: dict) -> str | None:
         return None
     if recorded.get("software") != expected["software"]:
         return f"{path} was made by {recorded.get('software') or 'another program'}, not {expected['software']}"
-    if recorded.get("model") != expected["model"]:
+    if recorded.get("model") != expected.get("model"):
         return f"{path} was made with another model (digest {str(recorded.get('model'))[:19]})"
+    if recorded.get("source") != expected.get("source"):
+        return f"{path} was made from another version of its input (the class raster changed since)"
     for key, flag in FLAGS.items():
         if key in expected and recorded.get(key) != expected[key]:
             old = recorded.get(key)
@@ -122,6 +134,8 @@ def _problem(path: Path) -> str | None:
             import pyogrio
 
             pyogrio.read_info(path)
+        elif path.suffix.lower() in (".xml", ".qml"):
+            ET.parse(path)
         else:
             with rasterio.open(path):
                 pass
@@ -145,7 +159,7 @@ def existing_outputs(outputs: Mapping[str, Path], expected: Mapping[str, dict]) 
             found.complete = False
             found.notes.append(f"{path} is incomplete ({problem}); it is made again")
             continue
-        if not _is_tiff(path):  # described by the main output, when that is there
+        if not _is_tiff(path) and role != main_role:  # described by the main output, when that is there
             if main_record is None or role not in main_record:
                 found.complete = False
             else:

@@ -91,8 +91,8 @@ def test_a_bad_file_in_the_middle_of_a_batch(tmp_path, small_dir, bad_inputs):
     assert [failed[k] for k in ("width", "tiles", "class_fractions")] == [None, None, None]
     assert failed["tile"] == 128 and failed["seconds"] >= 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{HRO_PLAIN.stem}.classes.tif", f"{HRO_NODATA.stem}.classes.tif"]
-    )
+        f"{path.stem}.classes{suffix}" for path in (HRO_PLAIN, HRO_NODATA) for suffix in (".tif", ".tif.aux.xml", ".qml")
+    ), "the class rasters with their legends, nothing of the bad input"
     stop = cli("predict", bad, str(HRO_MASK), "--out-dir", str(out), "--model", str(small_dir),
                "--on-error", "stop", *FAST)
     assert stop.returncode == 1 and not (out / f"{HRO_MASK.stem}.classes.tif").exists()

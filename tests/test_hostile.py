@@ -177,7 +177,7 @@ def test_a_run_that_needs_more_memory_than_the_limit_stops_first_and_says_what_f
     fits = run_cli("predict", str(ortho), "--out-dir", str(out), "--model", str(w48_dir), "-q", *advice,
                    preexec_fn=limited)
     assert fits.returncode == 0, fits.stderr
-    assert [p.name for p in out.iterdir()] == ["ortho.classes.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["ortho.classes.qml", "ortho.classes.tif", "ortho.classes.tif.aux.xml"]
 
 
 def test_a_file_with_only_subdatasets_names_them(tmp_path, small_dir):

@@ -188,7 +188,9 @@ def test_cli_writes_paths_to_stdout_and_continues_after_a_bad_input(tmp_path, sm
     ]
     errors = [l for l in result.stderr.splitlines() if "error" in l]
     assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.rsplit("/", 1)[1] for p in result.stdout.split())
+    legends = [f"{s}.classes{suffix}" for s in (stem, nodata_stem) for suffix in (".tif.aux.xml", ".qml")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [p.rsplit("/", 1)[1] for p in result.stdout.split()] + legends), "stdout lists the rasters written"
 
 
 def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, small_model, monkeypatch):

@@ -13,6 +13,7 @@ import typer
 
 from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _load, _notes, _reported, _state, app
 from ..options import FeatureOptions, InputOptions, RunOptions
+from ..outputs import COMPANIONS
 from .options import BATCH_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, INPUTS, MODEL_OPTIONS, FeatureDtype, \
     ProbabilityDtype, with_options
 
@@ -35,7 +36,7 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
     ``work(path, outputs, model, run, reading, progress)`` runs one input; ``specific``:
     the command's own options that change pixels (see :mod:`isprs_seg.provenance`).
     """
-    from ..batch import ERROR, SKIPPED, plan_outputs, run_batch
+    from ..batch import plan_outputs, run_batch
     from .progress import BatchProgress
     from ..provenance import run_settings
 
@@ -62,26 +63,41 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
         def one(path: str, outputs: dict):
             return work(path, outputs, model, run, reading, progress.bar(index[path]))
 
-        failed = 0
-        for record in run_batch(paths, planned, one, expected=expected, overwrite=options["overwrite"],
-                                stop_on_error=options["on_error"].value == "stop",
-                                fields={"tile": run.tile, "overlap": run.overlap, "batch_size": run.batch_size}):
-            if record.status == ERROR:
-                failed += 1
-                if _state["debug"] and record.exception is not None:
-                    traceback.print_exception(record.exception)
-                print(f"isprs-seg: error: {record.error}", file=sys.stderr)
-            elif record.status == SKIPPED:  # said even with -q and --json: nothing was written
-                print(f"isprs-seg: {record.input}: skipped, its outputs are complete and were made with the same "
-                      "settings (--overwrite to redo)", file=sys.stderr)
-            progress.finished(index[record.input], record.seconds, ran=record.status != SKIPPED)
-            if options["as_json"]:
-                print(json.dumps(record.as_dict()), flush=True)
-            elif record.status == "ok":
-                for written in record.outputs:
-                    print(written, flush=True)
+        records = run_batch(paths, planned, one, expected=expected, overwrite=options["overwrite"],
+                            stop_on_error=options["on_error"].value == "stop",
+                            fields={"tile": run.tile, "overlap": run.overlap, "batch_size": run.batch_size})
+        failed = report(records, paths, progress, options["as_json"])
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)
+
+
+def _where(output: Optional[Path], options: dict) -> dict:
+    """Where the API is told to write: as the command line was told."""
+    return {"out_dir": options["out_dir"]} if options["out_dir"] is not None else {"output": output}
+
+
+def report(records, paths: List[str], progress, as_json: bool) -> int:
+    """Say what became of each input as soon as it is known; return how many failed."""
+    from ..batch import ERROR, SKIPPED
+
+    index = {path: i for i, path in enumerate(paths)}
+    failed = 0
+    for record in records:
+        if record.status == ERROR:
+            failed += 1
+            if _state["debug"] and record.exception is not None:
+                traceback.print_exception(record.exception)
+            print(f"isprs-seg: error: {record.error}", file=sys.stderr)
+        elif record.status == SKIPPED:  # said even with -q and --json: nothing was written
+            print(f"isprs-seg: {record.input}: skipped, its outputs are complete and were made with the same "
+                  "settings (--overwrite to redo)", file=sys.stderr)
+        progress.finished(index[record.input], record.seconds, ran=record.status != SKIPPED)
+        if as_json:
+            print(json.dumps(record.as_dict()), flush=True)
+        elif record.status == "ok":
+            for written in record.outputs:
+                print(written, flush=True)
+    return failed
 
 
 @app.command(epilog=_examples(
@@ -99,6 +115,11 @@ def predict(
                                             "[default: off]"),
     probabilities_dtype: ProbabilityDtype = typer.Option(
         "float32", "--probabilities-dtype", help="float32, or uint8 scaled 0-255."),
+    cog: bool = typer.Option(True, "--cog/--no-cog", show_default=False,
+                             help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  [default: --cog]"),
+    vector: Optional[str] = typer.Option(None, "--vector", metavar="CLASSES", show_default=False,
+                                         help="Also write polygons of these classes (building,car or all) to "
+                                              "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
     **options,
 ) -> None:
     """Segment rasters into georeferenced class rasters (OUT.tif, or DIR/<stem>.classes.tif).
@@ -107,15 +128,17 @@ def predict(
     """
     from ..pipeline import predict_raster
 
-    def work(path, outputs, model, run, reading, progress):
+    def work(path, outputs, model, run, reading, progress):  # names the outputs as planned: same rules
         return predict_raster(
-            path, outputs["classes"], model=model, probabilities=outputs.get("probabilities"), tile=run.tile,
+            path, **_where(output, options), model=model, probabilities=probabilities, tile=run.tile,
             overlap=run.overlap, batch_size=run.batch_size, blend=run.blend,
-            probabilities_dtype=probabilities_dtype.value, reading=reading, progress=progress,
+            probabilities_dtype=probabilities_dtype.value, cog=cog, vector=vector, reading=reading,
+            progress=progress,
         )
 
-    _run_command("predict", _expand_inputs(inputs), output, "classes", ["probabilities"] if probabilities else [], {},
-                 {"probabilities_dtype": probabilities_dtype.value}, work, options)
+    extra = [*(["probabilities"] if probabilities else []), *(["polygons"] if vector else []), *COMPANIONS]
+    _run_command("predict", _expand_inputs(inputs), output, "classes", extra, {},
+                 {"probabilities_dtype": probabilities_dtype.value, "vector": vector}, work, options)
 
 
 @app.command(epilog=_examples(
@@ -138,6 +161,9 @@ def features(
         help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  "
              "[default: none]",
     ),
+    cog: bool = typer.Option(False, "--cog/--no-cog", show_default=False,
+                             help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
+                                  "[default: --no-cog]"),
     **options,
 ) -> None:
     """Write dense 1/4-resolution features (OUT.tif, or DIR/<stem>.features.tif).
@@ -149,13 +175,13 @@ def features(
     from ..embeddings import pool_text
 
     with _reported(EXIT_USAGE):
-        FeatureOptions(dtype.value, pool).check()
+        FeatureOptions(dtype.value, pool, cog).check()
 
-    def work(path, outputs, model, run, reading, progress):
+    def work(path, outputs, model, run, reading, progress):  # names the outputs as planned: same rules
         return extract_features(
-            path, outputs["features"], model=model, tile=run.tile, overlap=run.overlap, batch_size=run.batch_size,
-            blend=run.blend, dtype=dtype.value, pool=pool, pooled=outputs.get("pooled"),
-            preview=outputs.get("preview"), reading=reading, progress=progress,
+            path, **_where(output, options), model=model, tile=run.tile, overlap=run.overlap,
+            batch_size=run.batch_size, blend=run.blend, dtype=dtype.value, pool=pool, preview=preview, cog=cog,
+            reading=reading, progress=progress,
         )
 
     given = {"preview": preview} if preview else {}
