@@ -35,8 +35,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A real orthophoto to mirror to size: 7.7 cm drone imagery from ../shared/data, else the
+#: 0.6 m orthophoto shipped with the tests.
 ORTHO = Path(os.environ.get("ISPRS_SEG_TEST_DATA", ROOT.parent / "shared" / "data")) / \
     "orthophoto" / "drone_zanzibar_8cm" / "tanzania_sample.tif"
+if not ORTHO.exists():
+    ORTHO = ROOT / "tests" / "data" / "rasterio_cogeo.tif"
 
 
 # --------------------------------------------------------------------------- children
@@ -206,6 +210,9 @@ def make_input(path: Path, width: int, height: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis"),
+                        help="pipeline: the measurements above (default); gis: COG conversion and vectorize "
+                             "(benchmarks/gis.py)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, no W48 stand-in")
     parser.add_argument("--workdir", type=Path, help="keep inputs and models here (default: a temp dir)")
     args = parser.parse_args()
@@ -214,6 +221,14 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="isprs-seg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# working in {work}", flush=True)
+    if args.suite == "gis":
+        import gis
+
+        small = work / "small"
+        if not small.exists():
+            build_standin(small, "small")
+        gis.main(work, args.quick, ORTHO, small)
+        return
     models = {"small": work / "small"}
     if not args.quick:
         models["w48"] = work / "w48"
