@@ -5,7 +5,9 @@
 1. COG conversion of a class raster (uint8, MODE overviews) and of float32 probabilities
    (7 bands, AVERAGE overviews): seconds and peak extra disk (GDAL's temporary overviews
    and the second copy) per gigapixel, measured on one large raster each;
-2. vectorize: megapixels and polygons per second on a large class raster.
+2. vectorize: megapixels and polygons per second on a large class raster;
+3. evaluate: megapixels per second and peak RSS (a fresh process) on a large class raster
+   against labels of the same size (the class raster shifted by a few pixels).
 
 The class raster is the small stand-in's prediction on a real orthophoto, mirrored to
 size: its classes are noisier than a real model's, so it makes more polygons (a
@@ -115,3 +117,24 @@ def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
     mp = side * side / 1e6
     print(f"vectorize {side} x {side} ({mp:.0f} Mpx): {seconds:.1f} s, {mp / seconds:.1f} Mpx/s, "
           f"{done.polygons} polygons ({done.polygons / seconds:.0f} per second)", flush=True)
+
+    print("\n## 3. evaluate (3 px eroded boundaries and all pixels, in one pass)")
+    labels = gis / "labels.tif"
+    with rasterio.open(path) as src, rasterio.open(labels, "w", **src.profile) as dst:
+        for row in range(0, side, 1024):
+            window = ((row, row + 1024), (0, side))
+            dst.write(np.roll(src.read(1, window=window), 3, axis=1), 1, window=window)
+    import json
+    import subprocess
+    import sys
+
+    # peak RSS from VmHWM: ru_maxrss would carry over this (large) process's own peak
+    script = ("import json, time; from isprs_seg.evaluate import evaluate; t = time.perf_counter(); "
+              f"r = evaluate({str(path)!r}, {str(labels)!r}); "
+              "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+              "print(json.dumps({'seconds': time.perf_counter() - t, 'rss_mb': hwm / 1024, "
+              "'oa': r.all.metrics()['overall_accuracy']}))")
+    report = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                       check=True).stdout.splitlines()[-1])
+    print(f"evaluate {side} x {side} ({mp:.0f} Mpx): {report['seconds']:.1f} s, {mp / report['seconds']:.1f} Mpx/s, "
+          f"peak RSS {report['rss_mb']:.0f} MB (overall accuracy {report['oa']:.3f})", flush=True)

@@ -47,6 +47,12 @@ if not ORTHO.exists():
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries it over from the parent
+    across fork and exec, so a child of a large process would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -117,15 +117,19 @@ class Model:
         }
 
     # -- inference ---------------------------------------------------------------
-    def predict(self, images: np.ndarray, batch_size: int | None = None, prepare=None) -> np.ndarray:
+    def predict(self, images: np.ndarray, batch_size: int | None = None, prepare=None,
+                tta: str | None = None) -> np.ndarray:
         """Class probabilities ``[n, h, w, classes]``.
 
         ``images``: float32 model input ``[n, h, w, 3]``; or, with ``prepare`` (an
         :class:`isprs_seg.recipe.InputRecipe`), raw patches ``[n, bands, h, w]`` of any
         dtype that ``prepare.to_model`` turns into model input inside the TensorFlow
         call (the host hands over compact integers and does no per-pixel work).
+        ``tta``: test-time augmentation, ``flips`` (the four flips) or ``d4`` (the eight
+        rotations and reflections): each patch is transformed, run, transformed back and
+        the probabilities averaged, inside the call (4 or 8 times the cost).
         """
-        return self._run("predict", images, batch_size, prepare)
+        return self._run("predict", images, batch_size, prepare, tta)
 
     def features(self, images: np.ndarray, batch_size: int | None = None, prepare=None) -> np.ndarray:
         """Feature maps ``[n, ceil(h/4), ceil(w/4), channels]``; arguments as :meth:`predict`."""
@@ -138,9 +142,9 @@ class Model:
             raise ModelError(f"model {self.handle} has no get_features method, so it cannot produce features")
 
     def warm_up(self, sample: np.ndarray, batch_size: int | None = None, prepare=None,
-                method: str = "predict") -> None:
+                method: str = "predict", tta: str | None = None) -> None:
         """Trace and run the model once at the batch shape the pipeline will use."""
-        self._run(method, sample[:1], batch_size, prepare)
+        self._run(method, sample[:1], batch_size, prepare, tta)
 
     def check_classes(self) -> None:
         """Raise the clear error for a model with more classes than a class raster holds."""
@@ -149,7 +153,8 @@ class Model:
                 f"model {self.handle} has {self.num_classes} classes, more than the {contract.CLASS_NODATA} a class "
                 f"raster holds (values 0-{contract.CLASS_NODATA - 1}; {contract.CLASS_NODATA} marks nodata)")
 
-    def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare) -> np.ndarray:
+    def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare, tta: str | None = None
+             ) -> np.ndarray:
         images = np.asarray(images) if prepare is not None else np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or (prepare is None and images.shape[-1] != 3):
             raise ValueError(f"expected images [n, h, w, 3], got {images.shape}")
@@ -158,7 +163,7 @@ class Model:
         step = batch_size or self.batch_size  # every call has this many patches, padded if need be
         for limit in (self.max_batch, self._fits):
             step = min(step, limit) if limit else step
-        call = self._call(method, prepare)
+        call = self._call(method, prepare, tta)
         tf = tensorflow()
         out = []
         start = 0
@@ -201,26 +206,52 @@ class Model:
         if not finite:
             raise ModelError(f"model {self.handle} returned NaN or infinite {what} for patches of {height} x {width} px")
 
-    def _call(self, method: str, prepare=None):
-        key = (method, prepare.graph_key if prepare is not None else None)
+    def _call(self, method: str, prepare=None, tta: str | None = None):
+        key = (method, prepare.graph_key if prepare is not None else None, tta)
         if key not in self._calls:
             tf = tensorflow()
 
             fn = find_method(self._obj, method).fn
             convention = self.convention
             softmax = method == "predict" and not self.outputs_probabilities
+            transforms = TTA[tta or "none"]
+
+            def once(x):
+                y = invoke(fn, convention, x)
+                y = tf.cast(y, tf.float32)  # mixed precision may hand back float16
+                return tf.nn.softmax(y, axis=-1) if softmax else y
 
             @tf.function(reduce_retracing=True, jit_compile=self.xla or None)
             def call(x):
                 if prepare is not None:
                     x = prepare.to_model(x)
-                y = invoke(fn, convention, x)
-                y = tf.cast(y, tf.float32)  # mixed precision may hand back float16
-                y = tf.nn.softmax(y, axis=-1) if softmax else y
+                y = tf.add_n([_untransform(once(_transform(x, *t)), *t) for t in transforms]) / len(transforms)
                 return y, tf.reduce_all(tf.math.is_finite(y))  # checked where the model runs
 
             self._calls[key] = call
         return self._calls[key]
+
+
+#: Test-time augmentations as elements (reflect, quarter turns) of the dihedral group D4:
+#: a patch is reflected left-right if ``reflect``, then turned ``k`` quarter turns.
+TTA = {
+    "none": ((False, 0),),
+    "flips": ((False, 0), (True, 0), (True, 2), (False, 2)),  # none, left-right, up-down, both
+    "d4": tuple((reflect, k) for reflect in (False, True) for k in range(4)),
+}
+
+
+def _transform(x, reflect: bool, k: int):
+    """``x`` [n, h, w, c] reflected left-right (if ``reflect``), then turned ``k`` quarter turns."""
+    tf = tensorflow()
+    x = tf.reverse(x, [2]) if reflect else x
+    return tf.image.rot90(x, k) if k else x
+
+
+def _untransform(y, reflect: bool, k: int):
+    tf = tensorflow()
+    y = tf.image.rot90(y, 4 - k) if k else y
+    return tf.reverse(y, [2]) if reflect else y
 
 
 def resolve_device(name: str | None) -> str | None:

@@ -19,6 +19,10 @@ from .errors import InputError
 PROBABILITY_DTYPES = ("float32", "uint8")
 #: How the model computes: float32, or TensorFlow's automatic mixed precision.
 PRECISIONS = ("float32", "mixed")
+#: Test-time augmentation of predict: none, the four flips, or the eight rotations and reflections.
+TTA_MODES = ("none", "flips", "d4")
+#: What a confidence raster holds: the highest class probability, or its margin over the second.
+CONFIDENCE_KINDS = ("max", "margin")
 #: Storage of feature rasters: half precision on disk (NBITS=16) or float32.
 FEATURE_DTYPES = ("float16", "float32")
 
@@ -57,7 +61,8 @@ def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How the image is cut and stitched: ``--tile``, ``--overlap``, ``--batch-size``, ``--blend``.
+    """How the image is cut, run and stitched: ``--tile``, ``--overlap``, ``--batch-size``,
+    ``--blend``, ``--tta``.
 
     ``batch_size`` None means the model's own batch size.
     """
@@ -66,6 +71,7 @@ class RunOptions:
     overlap: int = contract.DEFAULT_OVERLAP
     batch_size: int | None = None
     blend: str = "taper"
+    tta: str = "none"  # predict only
 
     def check(self) -> "RunOptions":
         lattice = contract.NETWORK_STRIDE
@@ -78,6 +84,7 @@ class RunOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
         check_choice("--blend", self.blend, BLEND_MODES)
+        check_choice("--tta", self.tta, TTA_MODES)
         return self
 
 

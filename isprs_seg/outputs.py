@@ -46,6 +46,7 @@ SUFFIXES = {
     "features": ".features.tif",
     "pooled": ".pooled.gpkg",
     "polygons": ".polygons.gpkg",
+    "confidence": ".confidence.tif",
 }
 
 #: Files that go with the class raster, named after it (see :mod:`isprs_seg.legend`):
@@ -54,7 +55,7 @@ COMPANIONS = {"categories": pam_path, "legend": style_path}
 
 #: Overview resampling of each output role written as a Cloud Optimized GeoTIFF: class
 #: values must stay class values (or nodata), scores are averaged.
-OVERVIEW_RESAMPLING = {"classes": "MODE", "probabilities": "AVERAGE", "features": "AVERAGE"}
+OVERVIEW_RESAMPLING = {"classes": "MODE", "probabilities": "AVERAGE", "confidence": "AVERAGE", "features": "AVERAGE"}
 
 #: Overviews are made down to about this many pixels along the longer side.
 OVERVIEW_SMALLEST = 256
@@ -229,6 +230,16 @@ def probability_raster(path: Path, src, class_names: Sequence[str], dtype: str, 
             dst.set_band_description(i, name)
         scale = "probability" if dtype == "float32" else "probability * 255"
         dst.update_tags(**tags, CLASS_NAMES=",".join(class_names), VALUES=scale)
+        yield dst
+
+
+@contextlib.contextmanager
+def confidence_raster(path: Path, src, kind: str, tags: dict) -> Iterator[rasterio.io.DatasetWriter]:
+    """uint8: the highest class probability (``max``) or its margin over the second, x 255; internal mask."""
+    with _created(path, _base_profile(src, 1, "uint8"), src) as dst:
+        what = "highest class probability" if kind == "max" else "highest class probability minus the second"
+        dst.set_band_description(1, f"confidence: {what}, x 255")
+        dst.update_tags(**tags, CONFIDENCE=kind, VALUES=f"{what} * 255")
         yield dst
 
 

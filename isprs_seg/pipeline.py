@@ -10,6 +10,7 @@ only in what the model is asked for, the output stride and the sink.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -27,7 +28,7 @@ from .grid import Grid, make_grid
 from .memory import Layout
 from .memory import check as check_memory
 from .model import Model, load_model
-from .options import PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions, check_choice, parse_bands, \
+from .options import CONFIDENCE_KINDS, PROBABILITY_DTYPES, FeatureOptions, InputOptions, RunOptions, check_choice, parse_bands, \
     parse_scale
 from .atomic import atomic_outputs
 from .legend import write_legend
@@ -36,6 +37,7 @@ from .outputs import (
     BlockRowWriter,
     check_outputs,
     class_raster,
+    confidence_raster,
     feature_raster,
     listed,
     output_paths,
@@ -161,6 +163,8 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
         model.check_classes()
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
     call = model.predict if kind.method == "predict" else model.features
+    if kind.method == "predict" and options.tta != "none":
+        call = functools.partial(call, tta=options.tta)
     with gdal_env(), contextlib.ExitStack() as stack:
         src = stack.enter_context(open_input(input))
         job = prepare_job(src, model, options, reading)
@@ -169,7 +173,8 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
                         channels, kind.stride, kind.output_bytes, channels if kind.written else 0,
                         on_gpu=model.device_description.startswith("GPU"))
         check_memory(str(input), layout, options.tile, options.overlap, job.batch_size)
-        model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method)
+        model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method,
+                      tta=options.tta if kind.method == "predict" and options.tta != "none" else None)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
             outputs = kind.open_sink(datasets, temps, job, model)
@@ -197,7 +202,7 @@ class _ClassSink(_OutputSink):
     """The class raster (argmax of the probabilities) and, when asked, the probabilities."""
 
     def __init__(self, stack: contextlib.ExitStack, temps: dict[str, Path], job: Job, model: Model, dtype: str,
-                 cog: bool, vector: str | None):
+                 cog: bool, vector: str | None, confidence: str | None):
         src, names = job.dataset, model.class_names
         self.colors, self.cog, self.vector = model.class_colors, cog, vector
         classes = stack.enter_context(
@@ -208,6 +213,11 @@ class _ClassSink(_OutputSink):
         if "probabilities" in temps:
             probabilities = stack.enter_context(probability_raster(temps["probabilities"], src, names, dtype, job.tags))
             self.probabilities = BlockRowWriter(probabilities, mask=self.as_bytes, fill=0 if self.as_bytes else np.nan)
+        self.confidence = None
+        if "confidence" in temps:
+            self.confidence_kind = confidence
+            raster = stack.enter_context(confidence_raster(temps["confidence"], src, confidence, job.tags))
+            self.confidence = BlockRowWriter(raster, mask=True, fill=0)
         self.names = names
         self.counts = np.zeros(len(names), np.int64)
 
@@ -218,14 +228,22 @@ class _ClassSink(_OutputSink):
         self.classes.write(row, classes, valid)
         if self.probabilities:
             self.probabilities.write(row, np.rint(values * 255) if self.as_bytes else values, valid)
+        if self.confidence:
+            if self.confidence_kind == "max":
+                score = values.max(axis=-1)
+            else:  # the margin of the highest probability over the second
+                top = np.partition(values, -2, axis=-1)
+                score = top[..., -1] - top[..., -2]
+            self.confidence.write(row, np.rint(score * 255), valid)
 
     def finish(self) -> None:
         self.classes.finish()
-        if self.probabilities:
-            self.probabilities.finish()
+        for writer in (self.probabilities, self.confidence):
+            if writer:
+                writer.finish()
 
     def closed(self, temps: dict[str, Path], finals: dict[str, Path]) -> None:
-        for role in ("probabilities", "classes"):
+        for role in ("probabilities", "confidence", "classes"):
             if self.cog and role in temps:
                 to_cog(temps[role], role, finals[role])
         write_legend(temps["categories"], temps["legend"], self.names, self.colors)
@@ -253,6 +271,8 @@ def predict_raster(
     probabilities_dtype: str = "float32",
     cog: bool = True,
     vector: str | None = None,
+    confidence: str | None = None,
+    tta: str = "none",
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
 ) -> RunResult:
@@ -269,25 +289,31 @@ def predict_raster(
     names (``OUT.tif.aux.xml``) and a QGIS style (``OUT.qml``), see :mod:`isprs_seg.legend`.
     ``vector``: also polygonise these classes (``"building,car"``, or ``"all"``) into
     ``OUT.polygons.gpkg`` (see :func:`isprs_seg.vectorize.vectorize_raster`).
+    ``confidence``: also write ``OUT.confidence.tif``, uint8: the highest class
+    probability (``"max"``) or its margin over the second (``"margin"``), times 255.
+    ``tta``: test-time augmentation, ``"flips"`` or ``"d4"`` (see :meth:`Model.predict`).
     Outputs appear under their final names only when complete.
     """
-    options = RunOptions(tile, overlap, batch_size, blend).check()
+    options = RunOptions(tile, overlap, batch_size, blend, tta).check()
     reading.check()
     check_choice("--probabilities-dtype", probabilities_dtype, PROBABILITY_DTYPES)
+    if confidence is not None:
+        check_choice("--confidence", confidence, CONFIDENCE_KINDS)
     given = {"probabilities": probabilities} if probabilities and probabilities is not True else {}
     if vector:
         from .vectorize import require_vector
 
         require_vector()
-    extra = (["probabilities"] if probabilities else []) + (["polygons"] if vector else [])
+    extra = ((["probabilities"] if probabilities else []) + (["confidence"] if confidence else [])
+             + (["polygons"] if vector else []))
     finals = output_paths(input, "classes", [*extra, *COMPANIONS], output=output, out_dir=out_dir, given=given)
 
     def open_sink(stack, temps, job, model):
-        return _ClassSink(stack, temps, job, model, probabilities_dtype, cog, vector)
+        return _ClassSink(stack, temps, job, model, probabilities_dtype, cog, vector, confidence)
 
     kind = _Kind("predict", 1, open_sink, written=bool(probabilities),
                  output_bytes=4 if probabilities_dtype == "float32" else 1)
-    specific = {"probabilities_dtype": probabilities_dtype, "vector": vector}
+    specific = {"probabilities_dtype": probabilities_dtype, "vector": vector, "confidence": confidence}
     return _run(input, finals, model, options, reading, progress, kind, specific)
 
 

@@ -36,6 +36,7 @@ ROLE_OPTIONS = {
     "categories": (),
     "legend": (),
     "probabilities": ("probabilities_dtype",),
+    "confidence": ("confidence",),
     "features": ("dtype",),
     "pooled": ("pool",),
     "polygons": ("vector",),
@@ -44,7 +45,7 @@ ROLE_OPTIONS = {
 
 #: How a setting is named on the command line, for messages.
 FLAGS = {
-    "tile": "--tile", "overlap": "--overlap", "blend": "--blend", "bands": "--bands", "recipe": "--recipe",
+    "tile": "--tile", "overlap": "--overlap", "blend": "--blend", "tta": "--tta", "confidence": "--confidence", "bands": "--bands", "recipe": "--recipe",
     "scale": "--scale", "normalize": "--normalize", "gsd": "--gsd", "precision": "--precision",
     "probabilities_dtype": "--probabilities-dtype", "dtype": "--dtype", "pool": "--pool", "vector": "--vector",
     "classes": "--classes", "min_area": "--min-area", "simplify": "--simplify",
@@ -65,6 +66,7 @@ def run_settings(model, options, reading, roles, **specific) -> dict[str, dict]:
         "tile": options.tile,
         "overlap": options.overlap,
         "blend": options.blend,
+        "tta": options.tta,
         "bands": ",".join(map(str, bands)) if bands else None,
         "recipe": reading.recipe,
         "scale": f"{scale[0]:g},{scale[1]:g}" if scale else "auto",

@@ -157,4 +157,4 @@ def _dispatch() -> int:
     return code if isinstance(code, int) else 0
 
 
-from . import model, process, vectorize  # noqa: E402,F401 - the commands register themselves on the app
+from . import evaluate, model, process, vectorize  # noqa: E402,F401 - the commands register themselves on the app

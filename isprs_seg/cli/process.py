@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _load, _notes, _reported, _state, app
-from ..options import FeatureOptions, InputOptions, RunOptions
+from ..options import CONFIDENCE_KINDS, FeatureOptions, InputOptions, RunOptions, check_choice
 from ..outputs import COMPANIONS
 from .options import BATCH_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, INPUTS, MODEL_OPTIONS, FeatureDtype, \
     ProbabilityDtype, with_options
@@ -44,7 +44,10 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
     _state["json"] = options["as_json"]
     with _notes(quiet):
         with _reported(EXIT_USAGE):
-            run = RunOptions(options["tile"], options["overlap"], options["batch_size"], options["blend"].value).check()
+            run = RunOptions(options["tile"], options["overlap"], options["batch_size"], options["blend"].value,
+                             options.get("tta", "none")).check()
+            if command == "predict" and specific.get("confidence") is not None:
+                check_choice("--confidence", specific["confidence"], CONFIDENCE_KINDS)
             reading = InputOptions(options["bands"], options["recipe"], options["scale"], options["normalize"],
                                    options["gsd"]).check()
             planned = plan_outputs(paths, main, extra, output=output, out_dir=options["out_dir"], given=given)
@@ -117,6 +120,13 @@ def predict(
         "float32", "--probabilities-dtype", help="float32, or uint8 scaled 0-255."),
     cog: bool = typer.Option(True, "--cog/--no-cog", show_default=False,
                              help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  [default: --cog]"),
+    confidence: Optional[str] = typer.Option(
+        None, "--confidence", metavar="max|margin", show_default=False,
+        help="Also write OUT.confidence.tif: the highest class probability (max) or its margin over the second "
+             "(margin), x 255.  [default: none]"),
+    tta: str = typer.Option("none", "--tta", metavar="none|flips|d4",
+                            help="Test-time augmentation: average the probabilities over the 4 flips or the 8 "
+                                 "rotations and reflections of each patch (4 or 8 times the cost)."),
     vector: Optional[str] = typer.Option(None, "--vector", metavar="CLASSES", show_default=False,
                                          help="Also write polygons of these classes (building,car or all) to "
                                               "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
@@ -132,13 +142,15 @@ def predict(
         return predict_raster(
             path, **_where(output, options), model=model, probabilities=probabilities, tile=run.tile,
             overlap=run.overlap, batch_size=run.batch_size, blend=run.blend,
-            probabilities_dtype=probabilities_dtype.value, cog=cog, vector=vector, reading=reading,
-            progress=progress,
+            probabilities_dtype=probabilities_dtype.value, cog=cog, vector=vector, confidence=confidence, tta=tta,
+            reading=reading, progress=progress,
         )
 
-    extra = [*(["probabilities"] if probabilities else []), *(["polygons"] if vector else []), *COMPANIONS]
+    extra = [*(["probabilities"] if probabilities else []), *(["confidence"] if confidence else []),
+             *(["polygons"] if vector else []), *COMPANIONS]
     _run_command("predict", _expand_inputs(inputs), output, "classes", extra, {},
-                 {"probabilities_dtype": probabilities_dtype.value, "vector": vector}, work, options)
+                 {"probabilities_dtype": probabilities_dtype.value, "vector": vector, "confidence": confidence}, work,
+                 options | {"tta": tta})
 
 
 @app.command(epilog=_examples(
