@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from run import write_mosaic
 
 
 def _disk(directory: Path) -> int:
@@ -49,21 +50,6 @@ def _peak_disk_while(directory: Path, work) -> tuple[float, int]:
     done.set()
     thread.join()
     return seconds, peak[0]
-
-
-def _mosaic(path: Path, block: np.ndarray, side: int, profile: dict, **extra) -> Path:
-    bands = block.shape[0]
-    profile = profile | {"width": side, "height": side, "count": bands, "tiled": True, "blockxsize": 512,
-                         "blockysize": 512, "compress": "deflate", "bigtiff": "if_safer", "driver": "GTiff"} | extra
-    import rasterio
-
-    with rasterio.open(path, "w", **profile) as dst:
-        bh, bw = block.shape[1:]
-        for row in range(0, side, 1024):
-            rows = min(1024, side - row)
-            strip = np.tile(block, (1, -(-(row % bh + rows) // bh), -(-side // bw)))
-            dst.write(strip[:, row % bh: row % bh + rows, :side], window=((row, row + rows), (0, side)))
-    return path
 
 
 def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
@@ -93,7 +79,7 @@ def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
                                      ("probabilities", probabilities, 2048 if quick else 8192, {"predictor": 3})):
         folder = gis / role
         folder.mkdir()
-        path = _mosaic(folder / f"{role}.tif", block, side, profile | {"dtype": block.dtype.name}, **extra)
+        path = write_mosaic(folder / f"{role}.tif", block, side, side, profile | extra)
         before = path.stat().st_size
         seconds, peak = _peak_disk_while(folder, lambda: to_cog(path, role, path))
         gp = side * side / 1e9
@@ -106,7 +92,7 @@ def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
 
     print("\n## 2. vectorize (all classes, pixel edges)")
     side = 4096 if quick else 16384
-    path = _mosaic(gis / "classes.tif", classes, side, profile | {"dtype": "uint8"}, nodata=255)
+    path = write_mosaic(gis / "classes.tif", classes, side, side, profile | {"nodata": 255})
     with rasterio.open(result.outputs[0]) as src:
         names = src.tags()["CLASS_NAMES"]
     with rasterio.open(path, "r+") as dst:

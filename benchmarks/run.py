@@ -195,6 +195,22 @@ def _run_child(*args: str) -> dict:
 # --------------------------------------------------------------------------- setup
 
 
+def write_mosaic(path: Path, block: np.ndarray, width: int, height: int, profile: dict) -> Path:
+    """A tiled GeoTIFF of ``width x height`` repeating ``block`` [bands, h, w], written in strips."""
+    import rasterio
+
+    profile = profile | {"width": width, "height": height, "count": block.shape[0], "dtype": block.dtype.name,
+                         "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+                         "bigtiff": "if_safer", "driver": "GTiff"}
+    with rasterio.open(path, "w", **profile) as dst:
+        bh, bw = block.shape[1:]
+        for row in range(0, height, 1024):
+            rows = min(1024, height - row)
+            strip = np.tile(block, (1, -(-(row % bh + rows) // bh), -(-width // bw)))
+            dst.write(strip[:, row % bh : row % bh + rows, :width], window=((row, row + rows), (0, width)))
+    return path
+
+
 def make_input(path: Path, width: int, height: int) -> Path:
     """A tiled GeoTIFF of ``width x height`` mirrored from a real orthophoto."""
     import rasterio
@@ -203,15 +219,8 @@ def make_input(path: Path, width: int, height: int) -> Path:
         tile, profile = src.read(), src.profile
     block = np.concatenate([tile, tile[:, :, ::-1]], axis=2)
     block = np.concatenate([block, block[:, ::-1]], axis=1)  # seamless 2000 x 2000
-    profile.update(width=width, height=height, tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", bigtiff="if_safer")
-    with rasterio.open(path, "w", **profile) as dst:
-        bh, bw = block.shape[1:]
-        for row in range(0, height, 1024):
-            rows = min(1024, height - row)
-            strip = np.tile(block, (1, -(-(row % bh + rows) // bh), -(-width // bw)))
-            dst.write(strip[:, row % bh : row % bh + rows, :width], window=((row, row + rows), (0, width)))
-    return path
+    profile.pop("photometric", None)  # a JPEG-compressed source's YCbCr does not go with DEFLATE
+    return write_mosaic(path, block, width, height, profile | ({"photometric": "rgb"} if tile.shape[0] == 3 else {}))
 
 
 def main() -> None:

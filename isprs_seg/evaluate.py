@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from . import contract
 from .errors import InputError
+from .legend import class_ids, class_names
 from .raster import gdal_env, is_georeferenced, open_input
 
 log = logging.getLogger("isprs_seg")
@@ -122,25 +123,11 @@ class Evaluation:
                 "all": self.all.metrics(), "eroded": self.eroded.metrics()}
 
 
-def _names(src) -> list[str]:
-    names = src.tags().get("CLASS_NAMES")
-    return names.split(",") if names else list(contract.CLASS_NAMES)
-
-
 def parse_ignore(text: str | Sequence | None, names: Sequence[str]) -> tuple[int, ...]:
     """``"background"``, ``"0,6"``, ``"none"`` -> class ids."""
     if text is None or str(text).strip().lower() == "none":
         return ()
-    items = [str(i).strip() for i in (text.split(",") if isinstance(text, str) else text)]
-    ids = []
-    for item in items:
-        if item.isdigit() and int(item) < len(names):
-            ids.append(int(item))
-        elif item in names:
-            ids.append(names.index(item))
-        else:
-            raise InputError(f"--ignore: no class {item!r}; the classes are {', '.join(names)}")
-    return tuple(sorted(set(ids)))
+    return class_ids(text, names, "--ignore")
 
 
 class _Labels:
@@ -216,7 +203,7 @@ def evaluate(prediction: str | os.PathLike, labels: str | os.PathLike, *, erode:
     with gdal_env(), open_input(prediction) as pred:
         if pred.count != 1:
             raise InputError(f"{prediction} is not a class raster (it has {pred.count} bands)")
-        names = _names(pred)
+        names = class_names(pred)
         k = len(names)
         ignored = parse_ignore(ignore, names)
         truth = _Labels(str(labels), pred, labels_format, k)

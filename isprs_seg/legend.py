@@ -11,7 +11,8 @@ Two files beside each class raster ``NAME.tif``:
     renderer with the class colours and names; nodata (not in the palette) is
     transparent.
 
-Pure text, no GDAL: the formats are those GDAL and QGIS write themselves.
+Pure text, no GDAL: the formats are those GDAL and QGIS write themselves. Also the one
+place that reads class names back from a class raster and parses lists of classes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,35 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
+from . import contract
+from .errors import InputError
+
 #: GDAL raster attribute table field types and usages (gdal.h: GDALRATFieldType, GDALRATFieldUsage).
 _INTEGER, _STRING = 0, 2
 _MIN_MAX, _NAME, _RED, _GREEN, _BLUE, _ALPHA = 5, 2, 6, 7, 8, 9
+
+
+def class_names(src) -> list[str]:
+    """The class names of a class raster (its ``CLASS_NAMES`` tag), else the model's."""
+    names = src.tags().get("CLASS_NAMES")
+    return names.split(",") if names else list(contract.CLASS_NAMES)
+
+
+def class_ids(text: str | Sequence | None, names: Sequence[str], option: str) -> tuple[int, ...] | None:
+    """``"building,car"`` or ``"2,5"`` -> (2, 5); None (every class) stays None; ``option`` names
+    the option in the sentence about a class that does not exist."""
+    if text is None:
+        return None
+    items = [str(item).strip() for item in (text.split(",") if isinstance(text, str) else text)]
+    ids = []
+    for item in items:
+        if item.isdigit() and int(item) < len(names):
+            ids.append(int(item))
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise InputError(f"{option}: no class {item!r}; the classes are {', '.join(names)}")
+    return tuple(sorted(set(ids)))
 
 
 def pam_path(raster: Path) -> Path:

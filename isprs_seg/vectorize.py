@@ -26,6 +26,7 @@ from rasterio.windows import Window
 from . import __version__
 from .atomic import atomic_outputs
 from .errors import InputError
+from .legend import class_ids, class_names
 from .outputs import check_outputs, output_paths
 from .raster import gdal_env, is_georeferenced, metres_per_pixel, open_input, read_validity
 
@@ -57,28 +58,6 @@ class VectorResult:
     height: int
     polygons: int
     seconds: float
-
-
-def class_names(src) -> list[str]:
-    """Class names of a class raster written by isprs-seg (``CLASS_NAMES``), else ``class N``."""
-    names = src.tags().get("CLASS_NAMES")
-    return names.split(",") if names else [f"class {i}" for i in range(255)]
-
-
-def parse_classes(text: str | Sequence | None, names: Sequence[str]) -> list[int] | None:
-    """``"building,car"`` or ``"2,5"`` -> class ids; None: every class."""
-    if text is None:
-        return None
-    items = [str(item).strip() for item in (text.split(",") if isinstance(text, str) else text)]
-    ids = []
-    for item in items:
-        if item.isdigit() and int(item) < len(names):
-            ids.append(int(item))
-        elif item in names:
-            ids.append(names.index(item))
-        else:
-            raise InputError(f"--classes: no class {item!r}; the classes are {', '.join(names)}")
-    return sorted(set(ids))
 
 
 def _transform(geoms, transform: Affine):
@@ -173,7 +152,7 @@ def vectorize_raster(
         names = class_names(src)
         if src.count != 1 or src.dtypes[0] not in ("uint8", "uint16", "int16", "int32"):
             raise InputError(f"{src.name} is not a class raster (one band of integer class ids)")
-        wanted = parse_classes(classes, names)
+        wanted = class_ids(classes, names, "--classes")
         metres = _metres_per_unit(src, min_area, simplify)
         writer = _Writer(temps["polygons"], src, names, metres, min_area, simplify,
                          settings or vector_settings(input, classes=wanted, min_area=min_area, simplify=simplify))
@@ -210,7 +189,7 @@ def vector_settings(input, *, classes, min_area, simplify) -> dict:
     return {"polygons": {
         "software": f"isprs-seg {__version__}",
         "source": f"{stat.st_size}:{stat.st_mtime_ns}" if stat else str(input),
-        "classes": ",".join(map(str, classes)) if classes is not None else None,
+        "classes": ",".join(map(str, classes)) if classes is not None else None,  # ids
         "min_area": min_area, "simplify": simplify,
     }}
 
@@ -265,5 +244,5 @@ class _Writer:
 def expected_settings(input, classes: str | Sequence | None, min_area: float | None, simplify: float | None) -> dict:
     """The settings a run of :func:`vectorize_raster` on ``input`` would record (for reruns)."""
     with gdal_env(), open_input(input) as src:
-        wanted = parse_classes(classes, class_names(src))
+        wanted = class_ids(classes, class_names(src), "--classes")
     return vector_settings(input, classes=wanted, min_area=min_area, simplify=simplify)

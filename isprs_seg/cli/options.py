@@ -17,7 +17,7 @@ import typer
 
 from .. import contract
 from ..blend import BLEND_MODES
-from ..options import FEATURE_DTYPES, PRECISIONS, PROBABILITY_DTYPES
+from ..options import FEATURE_DTYPES, PRECISIONS, PROBABILITY_DTYPES, TTA_MODES
 
 MODEL_HELP = (
     "TF Hub handle or URL, https://.../*.tar.gz, local SavedModel directory or .tar.gz.  "
@@ -92,6 +92,49 @@ BATCH_OPTIONS = {
         "continue", "--on-error", help="After a failed input: continue with the next, or stop.")),
 }
 #: Described in each command's own text (Typer would print its Python type beside it).
+PREDICT_OPTIONS = {
+    "probabilities": (bool, typer.Option(False, "--probabilities", show_default=False,
+                                         help="Also write per-class probabilities (OUT.probabilities.tif).  "
+                                              "[default: off]")),
+    "probabilities_dtype": (ProbabilityDtype, typer.Option("float32", "--probabilities-dtype",
+                                                           help="float32, or uint8 scaled 0-255.")),
+    "confidence": (Optional[str], typer.Option(
+        None, "--confidence", metavar="max|margin", show_default=False,
+        help="Also write OUT.confidence.tif: the highest class probability (max) or its margin over the second "
+             "(margin), x 255.  [default: none]")),
+    "tta": (str, typer.Option("none", "--tta", metavar="|".join(TTA_MODES),
+                              help="Test-time augmentation: average the probabilities over the 4 flips or the 8 "
+                                   "rotations and reflections of each patch (4 or 8 times the cost).")),
+    "cog": (bool, typer.Option(True, "--cog/--no-cog", show_default=False,
+                               help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  "
+                                    "[default: --cog]")),
+    "vector": (Optional[str], typer.Option(None, "--vector", metavar="CLASSES", show_default=False,
+                                           help="Also write polygons of these classes (building,car or all) to "
+                                                "OUT.polygons.gpkg, as vectorize does.  [default: none]")),
+}
+FEATURE_OPTIONS = {
+    "dtype": (FeatureDtype, typer.Option("float16", "--dtype", help="float16 (half precision on disk) or float32.")),
+    "pool": (Optional[str], typer.Option(
+        None, "--pool", metavar="SIZE", show_default=False,
+        help="Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
+             "OUT.pooled.gpkg.  [default: none]")),
+    "preview": (Optional[str], typer.Option(
+        None, "--preview", metavar="PNG", show_default=False,
+        help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  [default: none]")),
+    "cog": (bool, typer.Option(False, "--cog/--no-cog", show_default=False,
+                               help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
+                                    "[default: --no-cog]")),
+}
+VECTOR_OPTIONS = {
+    "classes": (Optional[str], typer.Option(None, "--classes", metavar="NAMES", show_default=False,
+                                            help="Classes to keep, by name or number: building,car.  [default: all]")),
+    "min_area": (Optional[float], typer.Option(None, "--min-area", metavar="M2", show_default=False,
+                                               help="Drop polygons smaller than this, in square metres.  "
+                                                    "[default: keep all]")),
+    "simplify": (Optional[float], typer.Option(None, "--simplify", metavar="METRES", show_default=False,
+                                               help="Simplify each polygon with this tolerance, keeping it valid.  "
+                                                    "[default: none: pixel edges]")),
+}
 INPUTS = typer.Argument(..., metavar="INPUT", show_default=False, hidden=True)
 
 
@@ -114,3 +157,22 @@ def with_options(*groups: dict):
     return decorate
 
 
+def output_option(what: str, metavar: str = "OUT.tif"):
+    """``-o``: where the one input's main output goes."""
+    return typer.Option(None, "--output", "-o", metavar=metavar, show_default=False,
+                        help=f"{what} path, for one input.  [default: none: give -o or --out-dir]")
+
+
+#: What INPUT is, for the help of every command that takes rasters.
+INPUTS_HELP = "INPUT: rasters, or GDAL paths such as /vsicurl/...; - reads more paths from stdin, one per line."
+
+
+def command(app, examples, *groups: dict, inputs: str = INPUTS_HELP):
+    """Register a command on ``app`` with its examples (help epilog), the shared option
+    ``groups`` and a sentence on what its INPUT arguments are (after its own help)."""
+
+    def decorate(function):
+        function.__doc__ = f"{inspect.cleandoc(function.__doc__)}\n\n{inputs}\n"
+        return app.command(epilog=examples)(with_options(*groups)(function))
+
+    return decorate

@@ -14,8 +14,8 @@ import typer
 from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _load, _notes, _reported, _state, app
 from ..options import CONFIDENCE_KINDS, FeatureOptions, InputOptions, RunOptions, check_choice
 from ..outputs import COMPANIONS
-from .options import BATCH_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, INPUTS, MODEL_OPTIONS, FeatureDtype, \
-    ProbabilityDtype, with_options
+from .options import BATCH_OPTIONS, FEATURE_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, INPUTS, MODEL_OPTIONS, \
+    PREDICT_OPTIONS, command, output_option
 
 
 def _expand_inputs(inputs: List[str]) -> List[str]:
@@ -103,102 +103,53 @@ def report(records, paths: List[str], progress, as_json: bool) -> int:
     return failed
 
 
-@app.command(epilog=_examples(
+@command(app, _examples(
     "isprs-seg predict sample_data/colorado_springs_15cm.tif -o sample.classes.tif --probabilities",
     "isprs-seg predict tiles/*.tif --out-dir results/ --gsd 0.08",
     "find /data -name '*.tif' | isprs-seg predict - --out-dir results/ --json > runs.jsonl",
-))
-@with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
-def predict(
-    inputs: List[str] = INPUTS,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT.tif", show_default=False,
-                                          help="Class raster path, for one input.  [default: none: give -o or --out-dir]"),
-    probabilities: bool = typer.Option(False, "--probabilities", show_default=False,
-                                       help="Also write per-class probabilities (OUT.probabilities.tif).  "
-                                            "[default: off]"),
-    probabilities_dtype: ProbabilityDtype = typer.Option(
-        "float32", "--probabilities-dtype", help="float32, or uint8 scaled 0-255."),
-    cog: bool = typer.Option(True, "--cog/--no-cog", show_default=False,
-                             help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  [default: --cog]"),
-    confidence: Optional[str] = typer.Option(
-        None, "--confidence", metavar="max|margin", show_default=False,
-        help="Also write OUT.confidence.tif: the highest class probability (max) or its margin over the second "
-             "(margin), x 255.  [default: none]"),
-    tta: str = typer.Option("none", "--tta", metavar="none|flips|d4",
-                            help="Test-time augmentation: average the probabilities over the 4 flips or the 8 "
-                                 "rotations and reflections of each patch (4 or 8 times the cost)."),
-    vector: Optional[str] = typer.Option(None, "--vector", metavar="CLASSES", show_default=False,
-                                         help="Also write polygons of these classes (building,car or all) to "
-                                              "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
-    **options,
-) -> None:
-    """Segment rasters into georeferenced class rasters (OUT.tif, or DIR/<stem>.classes.tif).
-
-    INPUT: rasters, or GDAL paths such as /vsicurl/...; - reads more paths from stdin, one per line.
-    """
+), PREDICT_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
+def predict(inputs: List[str] = INPUTS, output: Optional[Path] = output_option("Class raster"), **options) -> None:
+    """Segment rasters into georeferenced class rasters (OUT.tif, or DIR/<stem>.classes.tif)."""
     from ..pipeline import predict_raster
+
+    o = options
+    asked = {"probabilities": o["probabilities"], "confidence": o["confidence"], "polygons": o["vector"]}
 
     def work(path, outputs, model, run, reading, progress):  # names the outputs as planned: same rules
         return predict_raster(
-            path, **_where(output, options), model=model, probabilities=probabilities, tile=run.tile,
+            path, **_where(output, o), model=model, probabilities=o["probabilities"], tile=run.tile,
             overlap=run.overlap, batch_size=run.batch_size, blend=run.blend,
-            probabilities_dtype=probabilities_dtype.value, cog=cog, vector=vector, confidence=confidence, tta=tta,
-            reading=reading, progress=progress,
+            probabilities_dtype=o["probabilities_dtype"].value, cog=o["cog"], vector=o["vector"],
+            confidence=o["confidence"], tta=o["tta"], reading=reading, progress=progress,
         )
 
-    extra = [*(["probabilities"] if probabilities else []), *(["confidence"] if confidence else []),
-             *(["polygons"] if vector else []), *COMPANIONS]
-    _run_command("predict", _expand_inputs(inputs), output, "classes", extra, {},
-                 {"probabilities_dtype": probabilities_dtype.value, "vector": vector, "confidence": confidence}, work,
-                 options | {"tta": tta})
+    specific = {"probabilities_dtype": o["probabilities_dtype"].value, "vector": o["vector"],
+                "confidence": o["confidence"]}
+    _run_command("predict", _expand_inputs(inputs), output, "classes",
+                 [role for role, wanted in asked.items() if wanted] + list(COMPANIONS), {}, specific, work, o)
 
 
-@app.command(epilog=_examples(
+@command(app, _examples(
     "isprs-seg features sample_data/colorado_springs_15cm.tif -o sample.features.tif --preview sample.png",
     "isprs-seg features tiles/*.tif --out-dir feats/ --pool 10 --preview 'feats/{stem}.png'",
-))
-@with_options(GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
-def features(
-    inputs: List[str] = INPUTS,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT.tif", show_default=False,
-                                          help="Feature raster path, for one input.  [default: none: give -o or --out-dir]"),
-    dtype: FeatureDtype = typer.Option("float16", "--dtype", help="float16 (half precision on disk) or float32."),
-    pool: Optional[str] = typer.Option(
-        None, "--pool", metavar="SIZE", show_default=False,
-        help="Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
-             "OUT.pooled.gpkg.  [default: none]",
-    ),
-    preview: Optional[str] = typer.Option(
-        None, "--preview", metavar="PNG", show_default=False,
-        help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  "
-             "[default: none]",
-    ),
-    cog: bool = typer.Option(False, "--cog/--no-cog", show_default=False,
-                             help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
-                                  "[default: --no-cog]"),
-    **options,
-) -> None:
-    """Write dense 1/4-resolution features (OUT.tif, or DIR/<stem>.features.tif).
-
-    INPUT: rasters, or GDAL paths such as /vsicurl/...; - reads more paths from stdin, one per line.
-    """
+), FEATURE_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, BATCH_OPTIONS)
+def features(inputs: List[str] = INPUTS, output: Optional[Path] = output_option("Feature raster"), **options) -> None:
+    """Write dense 1/4-resolution features (OUT.tif, or DIR/<stem>.features.tif)."""
+    from ..embeddings import pool_text
     from ..pipeline import extract_features
 
-    from ..embeddings import pool_text
-
+    o = options
     with _reported(EXIT_USAGE):
-        FeatureOptions(dtype.value, pool, cog).check()
+        FeatureOptions(o["dtype"].value, o["pool"], o["cog"]).check()
 
     def work(path, outputs, model, run, reading, progress):  # names the outputs as planned: same rules
         return extract_features(
-            path, **_where(output, options), model=model, tile=run.tile, overlap=run.overlap,
-            batch_size=run.batch_size, blend=run.blend, dtype=dtype.value, pool=pool, preview=preview, cog=cog,
-            reading=reading, progress=progress,
+            path, **_where(output, o), model=model, tile=run.tile, overlap=run.overlap,
+            batch_size=run.batch_size, blend=run.blend, dtype=o["dtype"].value, pool=o["pool"], preview=o["preview"],
+            cog=o["cog"], reading=reading, progress=progress,
         )
 
-    given = {"preview": preview} if preview else {}
-    specific = {"dtype": dtype.value, "pool": pool_text(pool) if pool else None}
-    _run_command("features", _expand_inputs(inputs), output, "features", ["pooled"] if pool else [], given, specific,
-                 work, options)
-
-
+    given = {"preview": o["preview"]} if o["preview"] else {}
+    specific = {"dtype": o["dtype"].value, "pool": pool_text(o["pool"]) if o["pool"] else None}
+    _run_command("features", _expand_inputs(inputs), output, "features", ["pooled"] if o["pool"] else [], given,
+                 specific, work, o)
