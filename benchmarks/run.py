@@ -83,13 +83,14 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
         job = prepare_job(src, model, RunOptions(), InputOptions())
         recipe, grid = job.recipe, job.grid
         reader = RowReader(src, recipe.bands, recipe.mask, grid.cols.origins[-1] + grid.patch_shape[1])
-        batches = [b.raw for b in cut_batches(job.batches, reader, grid, "taper", 1) if b.raw is not None]
+        batches = [(b.raw, b.weights) for b in cut_batches(job.batches, reader, grid, "taper", 1)
+                   if b.raw is not None]
 
-    def model_alone() -> float:
+    def model_alone() -> float:  # the very calls the pipeline makes (weighted where the model runs)
         started = time.perf_counter()
-        model.predict(batches[0], None, recipe)  # the one warm-up call the pipeline makes too
-        for batch in batches:
-            model.predict(batch, None, recipe)
+        model.weighted("predict", *batches[0], None, recipe)  # the one warm-up call the pipeline makes too
+        for raw, weights in batches:
+            model.weighted("predict", raw, weights, None, recipe)
         return time.perf_counter() - started
 
     result["cold_seconds"] = end_to_end()
@@ -225,9 +226,11 @@ def make_input(path: Path, width: int, height: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis"),
-                        help="pipeline: the measurements above (default); gis: COG conversion and vectorize "
-                             "(benchmarks/gis.py)")
+    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host"),
+                        help="pipeline: the measurements above (default); gis: COG conversion, vectorize and "
+                             "evaluate (benchmarks/gis.py); host: the host's ceiling against the I/O floor "
+                             "(benchmarks/host.py)")
+    parser.add_argument("--no-cog", action="store_true", help="host: plain tiled GeoTIFF outputs")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, no W48 stand-in")
     parser.add_argument("--workdir", type=Path, help="keep inputs and models here (default: a temp dir)")
     args = parser.parse_args()
@@ -236,13 +239,22 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="isprs-seg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# working in {work}", flush=True)
-    if args.suite == "gis":
-        import gis
-
+    if args.suite in ("gis", "host"):
         small = work / "small"
         if not small.exists():
             build_standin(small, "small")
-        gis.main(work, args.quick, ORTHO, small)
+        if args.suite == "gis":
+            import gis
+
+            gis.main(work, args.quick, ORTHO, small)
+        else:
+            import host
+
+            side = 2048 if args.quick else 4096
+            image = work / f"in_{side}x{side}.tif"
+            if not image.exists():
+                make_input(image, side, side)
+            host.main(work, image, small, cog=not args.no_cog)
         return
     models = {"small": work / "small"}
     if not args.quick:

@@ -90,10 +90,11 @@ def pool_valid(valid: np.ndarray, stride: int) -> np.ndarray:
 class StreamingAccumulator:
     """Weighted sums over a band of rows that slides down the image.
 
-    Holds ``band_rows`` rows of ``width x channels`` float32 sums plus a weight sum in a
-    ring (image row ``r`` lives in band row ``r % band_rows``), so sliding the band down
-    moves no data: memory depends on the patch height and the image width, never on
-    the image height. Patches must arrive in row order of their origins; :meth:`release`
+    Holds ``channels x band_rows x width`` float32 sums (channel-first, so that every
+    channel is a contiguous plane, as GeoTIFF bands are) plus a weight sum in a ring
+    (image row ``r`` lives in band row ``r % band_rows``), so sliding the band down
+    moves no data: memory depends on the patch height and the image width, never on the
+    image height. Patches must arrive in row order of their origins; :meth:`release`
     hands back the finished rows above a given row in chunks of bounded size.
     """
 
@@ -104,10 +105,13 @@ class StreamingAccumulator:
         self.height, self.width, self.channels = height, width, channels
         self.band_rows = band_rows
         self.top = 0  # first image row not yet released
-        self.sums = np.zeros((band_rows, width, channels), np.float32)
+        self.sums = np.zeros((channels, band_rows, width), np.float32)
         self.weights = np.zeros((band_rows, width), np.float32)
         self.chunk_rows = max(1, min(band_rows, self.CHUNK_VALUES // max(1, width * channels)))
-        self._buffer: np.ndarray | None = None
+        self._means: np.ndarray | None = None  # reused buffer of released means
+        # where the patches so far reach: the previous patch row, and the last patch of this one
+        self._row_y: int | None = None
+        self._prev_end = self._row_end = self._left_end = 0
 
     def _segments(self, row: int, count: int) -> Iterator[tuple[int, int, int]]:
         """(band row, offset into the request, rows) pieces of image rows [row, row + count)."""
@@ -118,49 +122,106 @@ class StreamingAccumulator:
             yield start, done, n
             done += n
 
-    def add(self, y: int, x: int, values: np.ndarray, weights: np.ndarray) -> None:
-        """Add ``weights * values`` of a patch whose top-left pixel is at (``y``, ``x``)."""
-        h = min(values.shape[0], self.height - y)
-        w = min(values.shape[1], self.width - x)
+    def _fresh(self, y: int, x: int, h: int, w: int) -> tuple[int, int]:
+        """(first row, first column) of the part of a patch no earlier patch reached.
+
+        Patches come row by row, left to right: the rows above the end of the previous
+        patch row, and the columns left of the end of the previous patch in this row,
+        already hold sums; the rest of the patch is the first to reach its pixels, so it
+        is written rather than added to (no zeroing of released rows, one pass less).
+        """
+        if y != self._row_y:
+            self._prev_end = self._row_end if self._row_y is not None else 0
+            self._row_y, self._left_end = y, 0
+        top, left = max(y, self._prev_end), max(x, self._left_end)
+        self._row_end, self._left_end = max(self._row_end, y + h), max(self._left_end, x + w)
+        return top, left
+
+    def _clip(self, y: int, x: int, h: int, w: int) -> tuple[int, int]:
+        h, w = min(h, self.height - y), min(w, self.width - x)
         if y < self.top or y + h > self.top + self.band_rows:
             raise ValueError(f"patch at row {y} is outside the band of rows from {self.top}")
+        return h, w
+
+    def add(self, y: int, x: int, weighted: np.ndarray, weights: np.ndarray) -> None:
+        """Add a patch whose top-left pixel is at (``y``, ``x``): ``weighted`` ``[channels, h, w]``
+        holds its values already multiplied by its ``weights`` ``[h, w]`` (done where the model
+        runs). Patches must come in the row-major order of the plan, each one, sent or not
+        (:meth:`skip` for those not sent)."""
+        h, w = self._clip(y, x, weighted.shape[1], weighted.shape[2])
         if h <= 0 or w <= 0:
             return
-        wgt = weights[:h, :w]
-        weighted = self._scratch(values.shape)[:h, :w]
-        np.multiply(values[:h, :w], wgt[..., None], out=weighted)
-        for start, offset, n in self._segments(y, h):
-            self.sums[start : start + n, x : x + w] += weighted[offset : offset + n]
-            self.weights[start : start + n, x : x + w] += wgt[offset : offset + n]
+        top, left = self._fresh(y, x, h, w)
+        regions = (  # (rows, columns, write instead of add)
+            (range(y, top), range(x, x + w), False),
+            (range(top, y + h), range(x, left), False),
+            (range(top, y + h), range(left, x + w), True),
+        )
+        for rows, cols, first in regions:
+            if not rows or not cols:
+                continue
+            c0, c1 = cols.start - x, cols.stop - x
+            for start, offset, n in self._segments(rows.start, len(rows)):
+                r = rows.start - y + offset
+                sums = self.sums[:, start : start + n, cols.start : cols.stop]
+                sums_w = self.weights[start : start + n, cols.start : cols.stop]
+                if first:
+                    sums[:] = weighted[:, r : r + n, c0:c1]
+                    sums_w[:] = weights[r : r + n, c0:c1]
+                else:
+                    sums += weighted[:, r : r + n, c0:c1]
+                    sums_w += weights[r : r + n, c0:c1]
 
-    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A reused buffer for one patch's weighted values (no allocation per patch)."""
-        if self._buffer is None or self._buffer.shape != shape:
-            self._buffer = np.empty(shape, np.float32)
-        return self._buffer
+    def skip(self, y: int, x: int, h: int, w: int) -> None:
+        """A patch of ``h x w`` at (``y``, ``x``) that sends nothing (no valid pixel): the
+        pixels it is the first to reach get nothing yet."""
+        h, w = self._clip(y, x, h, w)
+        if h <= 0 or w <= 0:
+            return
+        top, left = self._fresh(y, x, h, w)
+        for start, _, n in self._segments(top, y + h - top):
+            self.sums[:, start : start + n, left : x + w] = 0
+            self.weights[start : start + n, left : x + w] = 0
 
-    def release(self, until: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def release(self, until: int, normalise: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Finish rows ``[top, until)``, in chunks of at most :attr:`chunk_rows` rows.
 
-        Yields (first row, values, valid): ``values`` is ``[rows, width, channels]``
-        float32 (the weighted mean, 0 where there is no weight) and ``valid`` is
-        ``[rows, width]`` bool. The arrays are new, not views of the band.
+        Yields (first row, values, valid): ``values`` is ``[channels, rows, width]``
+        float32, the weighted mean (0 where there is no weight), or with ``normalise``
+        False the weighted sums themselves (the same per-pixel order of channels, for
+        an argmax, without the division); ``valid`` is ``[rows, width]`` bool. ``values``
+        is a view or a reused buffer, valid until the next chunk is asked for: copy what
+        must outlive it.
         """
         until = min(until, self.height)
         if until < self.top:
             raise ValueError(f"rows up to {until} were already released (band at {self.top})")
         while self.top < until:
             first = self.top
-            count = min(until - first, self.chunk_rows)
-            values = np.empty((count, self.width, self.channels), np.float32)
-            valid = np.empty((count, self.width), bool)
-            for start, offset, n in self._segments(first, count):
-                weights = self.weights[start : start + n]
-                np.greater(weights, 0, out=valid[offset : offset + n])
+            start = first % self.band_rows
+            count = min(until - first, self.chunk_rows, self.band_rows - start)  # one piece of the ring
+            sums = self.sums[:, start : start + count]
+            weights = self.weights[start : start + count]
+            valid = weights > 0
+            if normalise:
+                if self._means is None or self._means.shape[1] < count:
+                    self._means = np.empty((self.channels, self.chunk_rows, self.width), np.float32)
+                values = self._means[:, :count]
                 # where no weight arrived the sums are 0 too, and 0 / tiny is the 0 we want
-                divisor = np.maximum(weights, np.float32(1e-30))
-                np.divide(self.sums[start : start + n], divisor[..., None], out=values[offset : offset + n])
-                self.sums[start : start + n] = 0
-                self.weights[start : start + n] = 0
+                np.divide(sums, np.maximum(weights, np.float32(1e-30)), out=values)
+            else:
+                values = sums
+            yield first, values, valid  # no zeroing: the next patch to reach these rows writes them first
             self.top += count
-            yield first, values, valid
+
+
+def argmax_planes(values: np.ndarray) -> np.ndarray:
+    """``np.argmax(values, axis=0)`` as uint8 for a few channel planes ``[channels, rows, width]``:
+    the maximum over the planes, then each plane compared with it, last to first, so that
+    ties go to the first channel as numpy's do (about twice as fast as an argmax across
+    the planes, which steps through memory with the channel stride)."""
+    best = values.max(axis=0)
+    index = np.full(best.shape, values.shape[0] - 1, np.uint8)
+    for channel in range(values.shape[0] - 2, -1, -1):
+        np.copyto(index, np.uint8(channel), where=values[channel] == best)
+    return index

@@ -112,16 +112,16 @@ class CellPooler:
         self.counts = np.zeros(len(self.starts), np.int64)
 
     def add(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
-        """Feature rows ``[row, row + n)``: values ``[n, width, channels]``, valid ``[n, width]``."""
-        while len(values):
+        """Feature rows ``[row, row + n)``: values ``[channels, n, width]``, valid ``[n, width]``."""
+        while values.shape[1]:
             end_of_cell = (self.cell_row + 1) * self.cell_rows
-            n = min(len(values), end_of_cell - row)
-            v, m = values[:n], valid[:n]
-            masked = np.where(m[..., None], v, 0).sum(axis=0, dtype=np.float64)  # [width, channels]
-            self.sums += np.add.reduceat(masked, self.starts, axis=0)
+            n = min(values.shape[1], end_of_cell - row)
+            v, m = values[:, :n], valid[:n]
+            masked = np.where(m, v, 0).sum(axis=1, dtype=np.float64)  # [channels, width]
+            self.sums += np.add.reduceat(masked, self.starts, axis=1).T
             self.counts += np.add.reduceat(m.sum(axis=0), self.starts)
             row += n
-            values, valid = values[n:], valid[n:]
+            values, valid = values[:, n:], valid[n:]
             if row >= min(end_of_cell, self.height):
                 self._flush()
 
@@ -172,7 +172,8 @@ class PcaPreview:
         self.samples: list[np.ndarray] = []
 
     def add(self, values: np.ndarray, valid: np.ndarray) -> None:
-        vectors = values[valid]
+        """Feature rows: values ``[channels, n, width]``, valid ``[n, width]``."""
+        vectors = values[:, valid].T
         keep = self.rng.random(len(vectors)) < self.rate
         if keep.any():
             self.samples.append(vectors[keep].astype(np.float32))

@@ -37,8 +37,9 @@ class RowSource(Protocol):
 
 
 class Sink(Protocol):
-    """Where finished output rows go, in order: ``values [rows, width, channels]`` and
-    ``valid [rows, width]`` at the output's resolution; :meth:`finish` after the last row."""
+    """Where finished output rows go, in order: ``values [channels, rows, width]`` and
+    ``valid [rows, width]`` at the output's resolution; :meth:`finish` after the last row.
+    The arrays are only lent for the call: a sink copies what it keeps."""
 
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None: ...
     def finish(self) -> None: ...
@@ -66,8 +67,10 @@ class NoProgress:
         pass
 
 
-#: Maps raw patches ``[n, bands, h, w]`` to outputs ``[n, h / stride, w / stride, channels]``.
-Infer = Callable[[np.ndarray], np.ndarray]
+#: Maps raw patches ``[n, bands, h, w]`` and their blend weights ``[n, h / stride, w / stride]``
+#: to the model's outputs times the weights, channel-first: ``[n, channels, h / stride, w / stride]``
+#: (the weighting is done where the model runs, on the GPU when there is one).
+Infer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -80,9 +83,10 @@ class Counts:
 class _Batch:
     """A planned batch as read: the patches kept, their raw pixels and blend weights."""
 
-    patches: tuple[PlannedPatch, ...]
+    patches: tuple[PlannedPatch, ...]  # the patches kept
+    planned: tuple[PlannedPatch, ...]  # the batch as planned, in order
     raw: np.ndarray | None  # [n, bands, h, w]; None when every patch was dropped
-    weights: tuple[np.ndarray, ...]  # blend window x validity, at the output's resolution
+    weights: np.ndarray  # [n, h / stride, w / stride]: blend window x validity
     dropped: int
     outputs: np.ndarray | None = field(default=None)
 
@@ -108,7 +112,8 @@ def cut_batches(batches: Sequence[Batch], reader: RowSource, grid: Grid, blend: 
             raws.append(band_raw[:, :, patch.x : patch.x + tw])
             weights.append(window)
         raw = np.stack(raws) if raws else None  # a copy: the row bands can go
-        yield _Batch(tuple(kept), raw, tuple(weights), len(batch) - len(kept))
+        stacked = np.stack(weights) if weights else np.zeros((0, 0, 0), np.float32)
+        yield _Batch(tuple(kept), tuple(batch), raw, stacked, len(batch) - len(kept))
 
 
 _DONE = object()
@@ -178,14 +183,15 @@ def _join(*stages: _Stage) -> None:
 
 def stream(
     grid: Grid, batches: Sequence[Batch], reader: RowSource, infer: Infer, sink: Sink, *,
-    blend: str, stride: int, channels: int, progress: Progress | None = None,
+    blend: str, stride: int, channels: int, progress: Progress | None = None, normalise: bool = True,
 ) -> Counts:
     """Run ``batches`` of ``grid`` through ``infer`` and write the blended rows to ``sink``.
 
     ``stride``: output pixels are ``stride`` input pixels a side (1 for classes, 4 for
     features); ``channels``: values per output pixel. ``progress`` advances once per
-    planned patch. The sink receives every output row exactly once, in order; it is
-    not finished here.
+    planned patch. The sink receives every output row exactly once, in order, as the
+    weighted mean, or with ``normalise`` False as the weighted sums (enough for an
+    argmax); it is not finished here.
     """
     stop = threading.Event()
     progress = progress or NoProgress()
@@ -206,16 +212,21 @@ def stream(
         acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
 
         def release(until: int) -> None:
-            for chunk in acc.release(until):
+            for chunk in acc.release(until, normalise):
                 if stop.is_set():
                     raise _Stopped()
                 sink.write(*chunk)
 
+        side_y, side_x = grid.patch_shape[0] // stride, grid.patch_shape[1] // stride
         while (batch := _get(to_blend, stop)) is not _DONE:
-            for patch, values, weights in zip(batch.patches, batch.outputs, batch.weights):
-                row = patch.y // stride
+            sent = dict(zip(batch.patches, zip(batch.outputs, batch.weights)))
+            for patch in batch.planned:  # every planned patch in order: the accumulator counts on it
+                row, col = patch.y // stride, patch.x // stride
                 release(row)
-                acc.add(row, patch.x // stride, values, weights)
+                if patch in sent:
+                    acc.add(row, col, *sent[patch])
+                else:
+                    acc.skip(row, col, side_y, side_x)
             progress.update(len(batch.patches) + batch.dropped)
         release(height)
 
@@ -225,7 +236,7 @@ def stream(
     blend_stage.start()
     try:
         while (batch := _get(to_model, stop, reader_stage)) is not _DONE:
-            batch.outputs = infer(batch.raw) if batch.raw is not None else ()
+            batch.outputs = infer(batch.raw, batch.weights) if batch.raw is not None else ()
             _put(to_blend, batch, stop, blend_stage)
         _put(to_blend, _DONE, stop, blend_stage)
         blend_stage.join()

@@ -141,10 +141,27 @@ class Model:
         if self.feature_channels is None:
             raise ModelError(f"model {self.handle} has no get_features method, so it cannot produce features")
 
+    def weighted(self, method: str, raw: np.ndarray, weights: np.ndarray, batch_size: int | None = None,
+                 prepare=None, tta: str | None = None) -> np.ndarray:
+        """What the streaming pipeline asks: the outputs of ``method`` (``predict`` or
+        ``get_features``) times ``weights`` ``[n, h, w]`` (at the outputs' resolution),
+        channel-first ``[n, channels, h, w]``; the multiplication and the transposition run
+        inside the TensorFlow call, on the GPU where there is one."""
+        if method == "get_features":
+            self.check_features()
+        return self._run(method, raw, batch_size, prepare, tta, np.asarray(weights, np.float32))
+
     def warm_up(self, sample: np.ndarray, batch_size: int | None = None, prepare=None,
-                method: str = "predict", tta: str | None = None) -> None:
-        """Trace and run the model once at the batch shape the pipeline will use."""
-        self._run(method, sample[:1], batch_size, prepare, tta)
+                method: str = "predict", tta: str | None = None, weighted: bool = False) -> None:
+        """Trace and run the model once at the batch shape the pipeline will use (``weighted``:
+        the call of :meth:`weighted`)."""
+        if not weighted:
+            self._run(method, sample[:1], batch_size, prepare, tta)
+            return
+        side = contract.FEATURE_STRIDE if method == "get_features" else 1
+        height, width = (sample.shape[2:4] if prepare is not None else sample.shape[1:3])
+        self._run(method, sample[:1], batch_size, prepare, tta, np.ones((1, -(-height // side), -(-width // side)),
+                                                                        np.float32))
 
     def check_classes(self) -> None:
         """Raise the clear error for a model with more classes than a class raster holds."""
@@ -153,8 +170,8 @@ class Model:
                 f"model {self.handle} has {self.num_classes} classes, more than the {contract.CLASS_NODATA} a class "
                 f"raster holds (values 0-{contract.CLASS_NODATA - 1}; {contract.CLASS_NODATA} marks nodata)")
 
-    def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare, tta: str | None = None
-             ) -> np.ndarray:
+    def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare, tta: str | None = None,
+             weights: np.ndarray | None = None) -> np.ndarray:
         images = np.asarray(images) if prepare is not None else np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or (prepare is None and images.shape[-1] != 3):
             raise ValueError(f"expected images [n, h, w, 3], got {images.shape}")
@@ -163,18 +180,18 @@ class Model:
         step = batch_size or self.batch_size  # every call has this many patches, padded if need be
         for limit in (self.max_batch, self._fits):
             step = min(step, limit) if limit else step
-        call = self._call(method, prepare, tta)
+        call = self._call(method, prepare, tta, weights is not None)
         tf = tensorflow()
         out = []
         start = 0
         with tf.device(self.device) if self.device else contextlib.nullcontext():
             while start < n:
-                chunk = images[start : start + step]
-                if chunk.shape[0] < step:  # pad the last batch: one shape, one trace
-                    pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
+                chunk = _padded(images[start : start + step], step)  # one shape, one trace
+                inputs = [tf.constant(chunk)]
+                if weights is not None:
+                    inputs.append(tf.constant(_padded(weights[start : start + step], step)))
                 try:
-                    result, finite = call(tf.constant(chunk))
+                    result, finite, shape = call(*inputs)
                 except tf.errors.ResourceExhaustedError as exc:
                     if step == 1:
                         raise ModelError(f"the model ran out of memory even on one patch ({first_line(exc)}); "
@@ -183,31 +200,30 @@ class Model:
                     log.warning("the model ran out of memory on %d patches per call; going on with %d (this "
                                 "size is kept for the rest of the run)", step * 2, step)
                     continue
-                result = result.numpy()
-                self._check_output(method, size, result, bool(finite))
-                out.append(result[: min(step, n - start)])
+                self._check_output(method, size, tuple(int(d) for d in shape.numpy()), bool(finite))
+                out.append(result.numpy()[: min(step, n - start)])
                 start += step
         if len(out) == 1:
             return out[0]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def _check_output(self, method: str, size: tuple[int, int], result: np.ndarray, finite: bool) -> None:
+    def _check_output(self, method: str, size: tuple[int, int], shape: tuple[int, ...], finite: bool) -> None:
         """Refuse what a misbehaving model returns: another shape, NaN or infinity."""
         height, width = size
         if method == "predict":
-            expected = (result.shape[0], height, width, self.num_classes)
+            expected = (shape[0], height, width, self.num_classes)
         else:
             side = contract.FEATURE_STRIDE
-            expected = (result.shape[0], -(-height // side), -(-width // side), self.feature_channels)
+            expected = (shape[0], -(-height // side), -(-width // side), self.feature_channels)
         what = "class scores" if method == "predict" else "features"
-        if result.shape != expected:
-            raise ModelError(f"model {self.handle} returned {what} of shape {list(result.shape)} for patches of "
+        if shape != expected:
+            raise ModelError(f"model {self.handle} returned {what} of shape {list(shape)} for patches of "
                              f"{height} x {width} px; expected {list(expected)}")
         if not finite:
             raise ModelError(f"model {self.handle} returned NaN or infinite {what} for patches of {height} x {width} px")
 
-    def _call(self, method: str, prepare=None, tta: str | None = None):
-        key = (method, prepare.graph_key if prepare is not None else None, tta)
+    def _call(self, method: str, prepare=None, tta: str | None = None, weighted: bool = False):
+        key = (method, prepare.graph_key if prepare is not None else None, tta, weighted)
         if key not in self._calls:
             tf = tensorflow()
 
@@ -222,14 +238,40 @@ class Model:
                 return tf.nn.softmax(y, axis=-1) if softmax else y
 
             @tf.function(reduce_retracing=True, jit_compile=self.xla or None)
-            def call(x):
+            def call(x, w=None):
                 if prepare is not None:
                     x = prepare.to_model(x)
                 y = tf.add_n([_untransform(once(_transform(x, *t)), *t) for t in transforms]) / len(transforms)
-                return y, tf.reduce_all(tf.math.is_finite(y))  # checked where the model runs
+                shape, finite = tf.shape(y), tf.reduce_all(tf.math.is_finite(y))  # checked where the model runs
+                if w is not None:  # weighted and channel-first, when the shape allows (else refused by the host)
+                    y = _weighted_channels_first(y, w)
+                return y, finite, shape
 
             self._calls[key] = call
         return self._calls[key]
+
+
+def _weighted_channels_first(y, w):
+    """``y * w`` channel-first; ``y`` channel-first as it is where its shape is not ``w``'s."""
+    tf = tensorflow()
+
+    def weighted():
+        return tf.transpose(y * w[..., None], [0, 3, 1, 2])
+
+    def plain():
+        return tf.transpose(y, [0, 3, 1, 2])
+
+    known, expected = y.shape[1:3], w.shape[1:3]
+    if known.is_fully_defined() and expected.is_fully_defined():  # decided when the call is traced
+        return weighted() if known == expected else plain()
+    return tf.cond(tf.reduce_all(tf.equal(tf.shape(y)[1:3], tf.shape(w)[1:3])), weighted, plain)
+
+
+def _padded(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with zeros appended along its first axis up to ``rows``."""
+    if array.shape[0] >= rows:
+        return array
+    return np.concatenate([array, np.zeros((rows - array.shape[0], *array.shape[1:]), array.dtype)])
 
 
 #: Test-time augmentations as elements (reflect, quarter turns) of the dihedral group D4:

@@ -313,8 +313,7 @@ class BlockRowWriter:
     """Writes rows that arrive in order, in whole blocks of rows, with an optional mask.
 
     Rows are copied into one preallocated block-row buffer ``[bands, block_rows, width]``
-    (converted from the pipeline's channel-last layout on the way) and written when it
-    is full, so compressed tiles are written exactly once, without GDAL re-reading or
+    and written when it is full, so compressed tiles are written exactly once, without GDAL re-reading or
     rewriting partial blocks. Memory: one block of rows of the output. The dataset
     stays open: whoever opened it closes it.
     """
@@ -330,20 +329,20 @@ class BlockRowWriter:
         self.filled = 0
 
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
-        """Rows ``[row, row + n)``: ``values [n, width, bands]`` (or ``[n, width]`` for one
+        """Rows ``[row, row + n)``: ``values [bands, n, width]`` (or ``[n, width]`` for one
         band) and validity ``[n, width]``; invalid pixels get ``fill`` when one is set."""
         if row != self.next_row + self.filled:
             raise ValueError(f"rows must arrive in order: got {row}, expected {self.next_row + self.filled}")
         if values.ndim == 2:
-            values = values[..., None]
-        done = 0
-        while done < len(values):
-            n = min(len(values) - done, self.block_rows - self.filled)
+            values = values[None]
+        done, rows = 0, values.shape[1]
+        while done < rows:
+            n = min(rows - done, self.block_rows - self.filled)
             target = self.buffer[:, self.filled : self.filled + n]
-            np.copyto(target, np.moveaxis(values[done : done + n], -1, 0), casting="unsafe")
+            np.copyto(target, values[:, done : done + n], casting="unsafe")
             part = valid[done : done + n]
             if self.fill is not None:
-                target[:, ~part] = self.fill
+                np.copyto(target, np.asarray(self.fill, target.dtype), where=~part)
             if self.valid is not None:
                 self.valid[self.filled : self.filled + n] = part
             self.filled += n

@@ -10,7 +10,6 @@ only in what the model is asked for, the output stride and the sink.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 import warnings
@@ -22,6 +21,7 @@ import numpy as np
 
 from . import __version__, contract
 from .embeddings import CellPooler, PcaPreview, pool_cell, pool_text
+from .blend import argmax_planes
 from .engine import NoProgress, Progress, stream
 from .errors import IsprsSegWarning
 from .grid import Grid, make_grid
@@ -123,6 +123,9 @@ def prepare_job(dataset: "DatasetReader", model: Model, options: RunOptions, rea
 class _OutputSink:
     """A run's sink (see :class:`isprs_seg.engine.Sink`) and what it reports."""
 
+    #: The sink needs the weighted means, not only the weighted sums (see :func:`isprs_seg.engine.stream`).
+    needs_means = True
+
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -162,9 +165,7 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
     else:
         model.check_classes()
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
-    call = model.predict if kind.method == "predict" else model.features
-    if kind.method == "predict" and options.tta != "none":
-        call = functools.partial(call, tta=options.tta)
+    tta = options.tta if kind.method == "predict" and options.tta != "none" else None
     with gdal_env(), contextlib.ExitStack() as stack:
         src = stack.enter_context(open_input(input))
         job = prepare_job(src, model, options, reading)
@@ -173,8 +174,7 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
                         channels, kind.stride, kind.output_bytes, channels if kind.written else 0,
                         on_gpu=model.device_description.startswith("GPU"))
         check_memory(str(input), layout, options.tile, options.overlap, job.batch_size)
-        model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method,
-                      tta=options.tta if kind.method == "predict" and options.tta != "none" else None)
+        model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method, tta=tta, weighted=True)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
             outputs = kind.open_sink(datasets, temps, job, model)
@@ -184,8 +184,11 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
             bar = datasets.enter_context((progress or NoProgress)(len(job.grid)))
             reader = RowReader(job.view, job.recipe.bands, job.recipe.mask,
                                job.grid.cols.origins[-1] + job.grid.patch_shape[1])
-            counts = stream(job.grid, job.batches, reader, lambda raw: call(raw, job.batch_size, job.recipe), sink,
-                            blend=options.blend, stride=kind.stride, channels=channels, progress=bar)
+            def infer(raw: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                return model.weighted(kind.method, raw, weights, job.batch_size, job.recipe, tta)
+
+            counts = stream(job.grid, job.batches, reader, infer, sink, blend=options.blend, stride=kind.stride,
+                            channels=channels, progress=bar, normalise=outputs.needs_means or sink is not outputs)
             sink.finish()
         outputs.closed(temps, finals)
     return RunResult(
@@ -220,20 +223,22 @@ class _ClassSink(_OutputSink):
             self.confidence = BlockRowWriter(raster, mask=True, fill=0)
         self.names = names
         self.counts = np.zeros(len(names), np.int64)
+        # the class alone is the argmax of the weighted sums: no division needed
+        self.needs_means = bool(self.probabilities or self.confidence)
 
     def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
-        classes = np.argmax(values, axis=-1).astype(np.uint8)
+        classes = argmax_planes(values)
         classes[~valid] = contract.CLASS_NODATA
-        self.counts += np.bincount(classes[valid], minlength=len(self.names))
+        self.counts += np.bincount(classes.ravel(), minlength=256)[: len(self.names)]  # 255 (nodata) left out
         self.classes.write(row, classes, valid)
         if self.probabilities:
             self.probabilities.write(row, np.rint(values * 255) if self.as_bytes else values, valid)
         if self.confidence:
             if self.confidence_kind == "max":
-                score = values.max(axis=-1)
+                score = values.max(axis=0)
             else:  # the margin of the highest probability over the second
-                top = np.partition(values, -2, axis=-1)
-                score = top[..., -1] - top[..., -2]
+                top = np.partition(values, -2, axis=0)
+                score = top[-1] - top[-2]
             self.confidence.write(row, np.rint(score * 255), valid)
 
     def finish(self) -> None:

@@ -158,8 +158,8 @@ class RowReader:
     """Row bands of an image for patch rows that advance down it, each row read once.
 
     :meth:`rows` returns raw ``bands`` ``[bands, count, width]`` and validity
-    ``[count, width]`` for image rows ``[row, row + count)``; requests must not go back
-    above an earlier one. Rows are read in whole blocks of the file (at least
+    ``[count, width]`` for image rows ``[row, row + count)`` (read-only: views of the
+    reader's buffer where it can); requests must not go back above an earlier one. Rows are read in whole blocks of the file (at least
     ``min_rows`` at a time), so every block is decoded once although patches overlap.
     ``width`` may exceed the image. Pixels outside the image and invalid pixels read
     as 0 (the model sees the same zeros wherever there is no valid data) and are
@@ -193,11 +193,14 @@ class RowReader:
             raw, valid = self._read(start, stop - start)
             self.raw = np.concatenate([self.raw, raw], axis=1)
             self.valid = np.concatenate([self.valid, valid])
+        have = max(0, want - row)
+        at = row - self.first
+        if have == count:  # views: the buffer is replaced, never written, when more rows are read
+            return self.raw[:, at : at + count], self.valid[at : at + count]
         raw = np.zeros((len(self.bands), count, self.width), dtype=self.raw.dtype)
         valid = np.zeros((count, self.width), dtype=bool)
-        have = max(0, want - row)
-        raw[:, :have] = self.raw[:, row - self.first : row - self.first + have]
-        valid[:have] = self.valid[row - self.first : row - self.first + have]
+        raw[:, :have] = self.raw[:, at : at + have]
+        valid[:have] = self.valid[at : at + have]
         return raw, valid
 
     def _read(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +210,8 @@ class RowReader:
         try:
             _read_window(self.view, self.bands, self.mask, Window(0, row, width, count),
                          raw[:, :, :width], valid[:, :width])
-            raw[:, ~valid] = 0
+            if not valid[:, :width].all():
+                raw[:, ~valid] = 0
         except rasterio.errors.RasterioError as exc:
             raise InputError(
                 f"{self.view.name} could not be read at rows {row}-{row + count} ({first_line(exc)}); "

@@ -73,9 +73,9 @@ def _axis_weights(native: int, model: int, scale: float) -> tuple[np.ndarray, np
 class Regridder:
     """Bilinear resampling of blended model-grid rows onto the input's grid, streamed.
 
-    Model-grid rows ``(first_row, values [n, w_model, C], valid [n, w_model])`` go into
-    :meth:`add` in order; finished native rows go to ``consume`` in order, with the same
-    signature. A native pixel is valid when its own input pixels are (``native_valid``)
+    Model-grid rows ``(first_row, values [C, n, w_model], valid [n, w_model])`` go into
+    :meth:`add` in order (they are copied: the caller may reuse its arrays); finished
+    native rows go to ``consume`` in order, with the same signature. A native pixel is valid when its own input pixels are (``native_valid``)
     and some model pixel around it is. Invalid model pixels get no interpolation weight.
     """
 
@@ -97,11 +97,11 @@ class Regridder:
 
     def add(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
         if self.values is None:
-            self.base, self.values, self.valid = row, values, valid
+            self.base, self.values, self.valid = row, values.copy(), valid.copy()
         else:
-            self.values = np.concatenate([self.values, values])
+            self.values = np.concatenate([self.values, values], axis=1)
             self.valid = np.concatenate([self.valid, valid])
-        self._emit(self.base + len(self.values))
+        self._emit(self.base + self.values.shape[1])
 
     def finish(self) -> None:
         self._emit(self.model_height)
@@ -112,7 +112,7 @@ class Regridder:
         ready = self.next_row
         while ready < self.native_height and second[ready] < available:
             ready += 1
-        channels = self.values.shape[-1] if self.values is not None else 1
+        channels = self.values.shape[0] if self.values is not None else 1
         chunk = max(1, self.CHUNK_VALUES // (self.native_width * channels))
         for start in range(self.next_row, ready, chunk):
             stop = min(ready, start + chunk)
@@ -121,7 +121,7 @@ class Regridder:
         if ready < self.native_height:  # keep only what later rows still need
             drop = first[ready] - self.base
             if drop > 0:
-                self.values, self.valid = self.values[drop:], self.valid[drop:]
+                self.values, self.valid = self.values[:, drop:], self.valid[drop:]
                 self.base += drop
 
     def _interpolate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,11 +133,11 @@ class Regridder:
         for ys, fy in ((y0, 1 - wy), (y1, wy)):
             for xs, fx in ((x0, 1 - wx), (x1, wx)):
                 weight = fy[:, None] * fx[None, :] * self.valid[ys][:, xs]
-                num = num + weight[..., None] * self.values[ys][:, xs]
+                num = num + weight * self.values[:, ys][:, :, xs]
                 den = den + weight
         valid = (den > 0) & self.native_valid(start, stop - start)
         values = np.zeros_like(num, dtype=np.float32)
-        np.divide(num, den[..., None], out=values, where=valid[..., None])
+        np.divide(num, den, out=values, where=valid)
         return values, valid
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from isprs_seg.blend import StreamingAccumulator, patch_window, ramp
+from isprs_seg.blend import StreamingAccumulator, argmax_planes, patch_window, ramp
 from isprs_seg.grid import make_grid
 
 SIZES = [1, 31, 32, 100, 232, 383, 767, 768, 769, 1000, 1401, 2048, 5000]
@@ -55,30 +55,46 @@ def test_weights_sum_to_one_everywhere_including_the_image_frame(mode, shape):
     np.testing.assert_allclose(total[:h, :w], 1.0, atol=1e-6)
 
 
-def test_streaming_accumulator_matches_full_accumulation():
+@pytest.mark.parametrize("normalise", [True, False])
+def test_streaming_accumulator_matches_full_accumulation(normalise):
     rng = np.random.default_rng(1)
     h, w, c = 1100, 300, 3
     grid = make_grid(h, w, 128, 32, 32)
     th, tw = grid.patch_shape
-    full_sum = np.zeros((h + th, w + tw, c))
+    full_sum = np.zeros((c, h + th, w + tw))
     full_w = np.zeros((h + th, w + tw))
     acc = StreamingAccumulator(h, w, c, th)
-    out = np.full((h, w, c), -1.0, np.float32)
+    acc.chunk_rows = 50  # chunks that do not line up with the ring
+    out = np.full((c, h, w), -1.0, np.float32)
     seen = np.zeros(h, int)
+
+    def take(chunks):
+        for row, values, valid in chunks:  # lent arrays: copied before the next chunk
+            out[:, row : row + values.shape[1]] = values
+            seen[row : row + values.shape[1]] += 1
+            assert np.array_equal(valid, full_w[row : row + values.shape[1], :w] > 0)
+
     for i, y in enumerate(grid.rows.origins):
-        for row, values, valid in acc.release(y):
-            out[row : row + len(values)] = values
-            seen[row : row + len(values)] += 1
+        take(acc.release(y, normalise))
         for j, x in enumerate(grid.cols.origins):
-            values = rng.random((th, tw, c), dtype=np.float32)
+            if rng.random() < 0.2:  # a patch without a valid pixel: never sent, its pixels may stay empty
+                acc.skip(y, x, th, tw)
+                continue
+            values = rng.random((c, th, tw), dtype=np.float32)
             weights = patch_window(grid, i, j, "taper") * (rng.random((th, tw)) > 0.1)
-            acc.add(y, x, values, weights)
-            full_sum[y : y + th, x : x + tw] += weights[..., None] * values
+            acc.add(y, x, values * weights, weights)  # weighted where the model runs
+            full_sum[:, y : y + th, x : x + tw] += weights * values
             full_w[y : y + th, x : x + tw] += weights
-    for row, values, valid in acc.release(h):
-        out[row : row + len(values)] = values
-        seen[row : row + len(values)] += 1
+    take(acc.release(h, normalise))
     assert np.all(seen == 1), "every row is released exactly once"
-    expected = np.where(full_w[:h, :w, None] > 0, full_sum[:h, :w] / np.maximum(full_w[:h, :w, None], 1e-30), 0)
+    assert (full_w[:h, :w] == 0).any(), "some pixels got no weight at all (the ring must not keep old sums there)"
+    sums = full_sum[:, :h, :w]
+    expected = np.where(full_w[:h, :w] > 0, sums / np.maximum(full_w[:h, :w], 1e-30), 0) if normalise else sums
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-    assert acc.sums.shape[0] == th, "the band never grows beyond one patch height"
+    assert acc.sums.shape[1] == th, "the band never grows beyond one patch height"
+
+
+def test_argmax_over_planes_is_numpys():
+    rng = np.random.default_rng(2)
+    values = rng.integers(0, 4, (7, 50, 60)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(argmax_planes(values), np.argmax(values, axis=0))

@@ -136,10 +136,10 @@ def test_running_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(tmp_p
     def failing(self, *args):
         call = real_call(self, *args)
 
-        def run(x):  # as a GPU would: more than two patches do not fit
+        def run(x, *weights):  # as a GPU would: more than two patches do not fit
             if x.shape[0] > 2:
                 raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-            return call(x)
+            return call(x, *weights)
 
         return run
 

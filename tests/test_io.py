@@ -72,7 +72,7 @@ def test_row_reader_reads_every_row_once_and_pads_with_invalid_zeros(tmp_path, l
 
 def test_block_row_writer_writes_any_chunking_with_mask_and_fill(tmp_path):
     rng = np.random.default_rng(1)
-    values = rng.random((700, 300, 2), dtype=np.float32)
+    values = rng.random((2, 700, 300), dtype=np.float32)
     valid = rng.random((700, 300)) > 0.2
     profile = {"tiled": True, "blockxsize": 128, "blockysize": 128, "compress": "deflate"}
     for name, kwargs in (("float", {"fill": np.nan}), ("masked", {"mask": True, "fill": 0})):
@@ -82,18 +82,18 @@ def test_block_row_writer_writes_any_chunking_with_mask_and_fill(tmp_path):
             assert writer.block_rows == 128
             row = 0
             for n in (1, 127, 200, 5, 300, 67):  # chunks that straddle block rows
-                writer.write(row, values[row : row + n], valid[row : row + n])
+                writer.write(row, values[:, row : row + n], valid[row : row + n])
                 row += n
             with pytest.raises(ValueError, match="in order"):
-                writer.write(0, values[:1], valid[:1])
+                writer.write(0, values[:, :1], valid[:1])
             writer.finish()
         with rasterio.open(path) as ds:
-            got = np.moveaxis(ds.read(), 0, -1)
-            np.testing.assert_array_equal(got[valid], values[valid])
+            got = ds.read()
+            np.testing.assert_array_equal(got[:, valid], values[:, valid])
             if name == "float":
-                assert np.isnan(got[~valid]).all()
+                assert np.isnan(got[:, ~valid]).all()
             else:
-                assert (got[~valid] == 0).all()
+                assert (got[:, ~valid] == 0).all()
                 np.testing.assert_array_equal(ds.dataset_mask() > 0, valid)
 
 

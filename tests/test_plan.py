@@ -62,22 +62,22 @@ def _run(valid, grid, batch_size, stride, seed=None):
         r, c = np.argwhere(patch[0] > 0)[0]
         return int(patch[0, r, c] - 1 - r), int(patch[1, r, c] - 1 - c)
 
-    def infer(raw):  # a pointwise "model"; the patch origin is read back from the pixels
+    def infer(raw, weights):  # a pointwise "model"; the patch origin is read back from the pixels
         if delays:
             time.sleep(delays.random() * 0.005)
         with lock:
             seen.append(tuple(origin(p) for p in raw))
-        out = raw[:, 2, ::stride, ::stride].astype(np.float32)[..., None] / 251
-        return np.concatenate([out, 1 - out], axis=-1)
+        out = raw[:, 2, ::stride, ::stride].astype(np.float32) / 251
+        return np.stack([out, 1 - out], axis=1) * weights[:, None]  # weighted, channel-first
 
     h, w = -(-grid.height // stride), -(-grid.width // stride)
-    values, written = np.full((h, w, 2), np.nan, np.float32), np.zeros((h, w), bool)
+    values, written = np.full((2, h, w), np.nan, np.float32), np.zeros((h, w), bool)
 
     class Sink:
         def write(self, row, v, ok):
             if delays:
                 time.sleep(delays.random() * 0.003)
-            values[row : row + len(v)], written[row : row + len(v)] = v, ok
+            values[:, row : row + v.shape[1]], written[row : row + v.shape[1]] = v, ok
 
         def finish(self):
             pass
@@ -119,4 +119,4 @@ def test_batches_are_the_plans_whatever_the_timing_of_the_threads(stride):
     cells = pool_valid(np.pad(valid, ((0, -h % stride), (0, -w % stride))), stride)
     np.testing.assert_array_equal(reference[2], cells)
     truth = (np.stack([(np.mgrid[0:h, 0:w][0] * 7 + np.mgrid[0:h, 0:w][1] * 3) % 251]) / 251)[0, ::stride, ::stride]
-    np.testing.assert_allclose(reference[1][..., 0][cells], truth[cells], atol=1e-6)
+    np.testing.assert_allclose(reference[1][0][cells], truth[cells], atol=1e-6)

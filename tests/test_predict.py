@@ -122,7 +122,7 @@ def test_invalid_pixels_get_no_weight_but_valid_neighbours_are_exact(tmp_path, s
 
 
 class _CountingModel:
-    """Wraps a model and records every patch it is asked to predict."""
+    """Wraps a model and records every patch it is asked to run."""
 
     def __init__(self, model):
         self._model = model
@@ -131,9 +131,9 @@ class _CountingModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def predict(self, images, batch_size=None, prepare=None):
-        self.patches += len(images)
-        return self._model.predict(images, batch_size, prepare)
+    def weighted(self, method, raw, *args, **kwargs):  # what the pipeline calls
+        self.patches += len(raw)
+        return self._model.weighted(method, raw, *args, **kwargs)
 
 
 def test_patches_without_valid_pixels_are_never_sent_to_the_model(tmp_path, small_model, monkeypatch):
