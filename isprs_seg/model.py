@@ -82,16 +82,7 @@ class Model:
     @property
     def device_description(self) -> str:
         """The device that runs the model, for people: ``GPU:0 (NVIDIA H100 80GB HBM3)`` or ``CPU``."""
-        tf = tensorflow()
-        name = (self.device or "").lstrip("/").upper()
-        gpus = tf.config.list_physical_devices("GPU")
-        if not name:  # TensorFlow's own choice: the first GPU when there is one
-            name = "GPU:0" if gpus else "CPU:0"
-        if name.startswith("GPU"):
-            index = int(name.partition(":")[2] or 0)
-            details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
-            return f"{name} ({details.get('device_name', 'GPU')})"
-        return "CPU"
+        return describe_device(self.device)
 
     def info(self) -> dict:
         """Everything `isprs-seg model info` reports, as plain data."""
@@ -294,6 +285,21 @@ def _untransform(y, reflect: bool, k: int):
     tf = tensorflow()
     y = tf.image.rot90(y, 4 - k) if k else y
     return tf.reverse(y, [2]) if reflect else y
+
+
+def describe_device(device: str | None) -> str:
+    """``device`` as :func:`resolve_device` gives it (None: TensorFlow's own choice, the
+    first GPU when there is one), for people: ``GPU:0 (NVIDIA H100 80GB HBM3)`` or ``CPU``."""
+    tf = tensorflow()
+    name = (device or "").lstrip("/").upper()
+    gpus = tf.config.list_physical_devices("GPU")
+    if not name:
+        name = "GPU:0" if gpus else "CPU:0"
+    if name.startswith("GPU"):
+        index = int(name.partition(":")[2] or 0)
+        details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
+        return f"{name} ({details.get('device_name', 'GPU')})"
+    return "CPU"
 
 
 def resolve_device(name: str | None) -> str | None:

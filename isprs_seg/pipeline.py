@@ -93,21 +93,28 @@ class Job:
     batch_size: int
     tags: dict
 
+    def layout(self, channels: int, kind: "RunKind", on_gpu: bool) -> Layout:
+        """What decides the run's buffers (:mod:`isprs_seg.memory`)."""
+        itemsize = np.dtype(self.dataset.dtypes[self.recipe.bands[0] - 1]).itemsize
+        return Layout(self.view.height, self.view.width, len(self.recipe.bands), itemsize, channels, kind.stride,
+                      kind.output_bytes, channels if kind.written else 0, on_gpu=on_gpu)
+
     def blank_patch(self) -> np.ndarray:
         """One raw patch of zeros ``[1, bands, h, w]``, for the warm-up call."""
         dtype = self.dataset.dtypes[self.recipe.bands[0] - 1]
         return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
 
 
-def prepare_job(dataset: "DatasetReader", model: Model, options: RunOptions, reading: InputOptions) -> Job:
-    """Decide the recipe, the view, the grid and the batches of one input."""
+def prepare_job(dataset: "DatasetReader", options: RunOptions, reading: InputOptions, batch_size: int) -> Job:
+    """Decide the recipe, the view, the grid and the batches of one input (``batch_size``:
+    ``options.batch_size``, else the model's)."""
     recipe = resolve_recipe(dataset, parse_bands(reading.bands), reading.recipe, parse_scale(reading.scale),
                             reading.normalize)
     if not is_georeferenced(dataset):
         warnings.warn(f"{dataset.name} has no georeferencing, so neither will the outputs", IsprsSegWarning)
     view = ResampledView(dataset, reading.gsd, nearest=recipe.palette is not None) if reading.gsd else dataset
     grid = make_grid(view.height, view.width, options.tile, options.overlap, contract.NETWORK_STRIDE)
-    batch_size = options.batch_size or model.batch_size
+    batch_size = options.batch_size or batch_size
     tags = {
         "SOFTWARE": f"isprs-seg {__version__}",
         "TILE": str(options.tile),
@@ -140,14 +147,25 @@ class _OutputSink:
 
 
 @dataclass(frozen=True)
-class _Kind:
-    """What a run asks of the model and where the answers go."""
+class RunKind:
+    """What a run asks of the model and what it writes."""
 
     method: str  # model method: "predict" or "get_features"
     stride: int  # input pixels per output pixel, along each axis
-    open_sink: Callable[[contextlib.ExitStack, dict[str, Path], Job, Model], _OutputSink]
     written: bool  # every channel is written (probabilities, features), not only the classes
     output_bytes: int  # bytes per written channel value in the writers' buffers
+
+
+def predict_kind(probabilities: bool, probabilities_dtype: str) -> RunKind:
+    return RunKind("predict", 1, probabilities, 4 if probabilities_dtype == "float32" else 1)
+
+
+def features_kind() -> RunKind:
+    return RunKind("get_features", contract.FEATURE_STRIDE, True, 4)
+
+
+#: Makes a run's sink: (datasets to close, temporaries by role, the job, the model) -> sink.
+SinkFactory = Callable[[contextlib.ExitStack, dict[str, Path], Job, Model], _OutputSink]
 
 
 def _resolve_model(model: Model | str | None) -> Model:
@@ -155,7 +173,7 @@ def _resolve_model(model: Model | str | None) -> Model:
 
 
 def _run(input, finals: dict[str, Path], model: Model | str | None, options: RunOptions, reading: InputOptions,
-         progress: ProgressFactory | None, kind: _Kind, specific: dict) -> RunResult:
+         progress: ProgressFactory | None, kind: RunKind, open_sink: SinkFactory, specific: dict) -> RunResult:
     started = time.perf_counter()
     check_outputs(input, finals)
     model = _resolve_model(model)
@@ -168,16 +186,14 @@ def _run(input, finals: dict[str, Path], model: Model | str | None, options: Run
     tta = options.tta if kind.method == "predict" and options.tta != "none" else None
     with gdal_env(), contextlib.ExitStack() as stack:
         src = stack.enter_context(open_input(input))
-        job = prepare_job(src, model, options, reading)
+        job = prepare_job(src, options, reading, model.batch_size)
         job.tags.update(record)
-        layout = Layout(job.view.height, job.view.width, len(job.recipe.bands), np.dtype(src.dtypes[job.recipe.bands[0] - 1]).itemsize,
-                        channels, kind.stride, kind.output_bytes, channels if kind.written else 0,
-                        on_gpu=model.device_description.startswith("GPU"))
+        layout = job.layout(channels, kind, on_gpu=model.device_description.startswith("GPU"))
         check_memory(str(input), layout, options.tile, options.overlap, job.batch_size)
         model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method, tta=tta, weighted=True)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
-            outputs = kind.open_sink(datasets, temps, job, model)
+            outputs = open_sink(datasets, temps, job, model)
             sink = outputs
             if job.view is not src:
                 sink = datasets.enter_context(RegriddedSink.opened(job.view, job.recipe.mask, kind.stride, outputs))
@@ -316,10 +332,9 @@ def predict_raster(
     def open_sink(stack, temps, job, model):
         return _ClassSink(stack, temps, job, model, probabilities_dtype, cog, vector, confidence)
 
-    kind = _Kind("predict", 1, open_sink, written=bool(probabilities),
-                 output_bytes=4 if probabilities_dtype == "float32" else 1)
+    kind = predict_kind(bool(probabilities), probabilities_dtype)
     specific = {"probabilities_dtype": probabilities_dtype, "vector": vector, "confidence": confidence}
-    return _run(input, finals, model, options, reading, progress, kind, specific)
+    return _run(input, finals, model, options, reading, progress, kind, open_sink, specific)
 
 
 # --------------------------------------------------------------------------- features
@@ -401,6 +416,5 @@ def extract_features(
     def open_sink(stack, temps, job, model):
         return _FeatureSink(stack, temps, job, model, features)
 
-    kind = _Kind("get_features", contract.FEATURE_STRIDE, open_sink, written=True, output_bytes=4)
-    return _run(input, finals, model, options, reading, progress, kind,
+    return _run(input, finals, model, options, reading, progress, features_kind(), open_sink,
                 {"dtype": dtype, "pool": pool_text(pool) if pool else None})
