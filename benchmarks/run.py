@@ -80,7 +80,7 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
         result["rss_mb"] = _peak_rss_mb()
         return result
     with open_input(image) as src:  # the batches of the run's plan, as the engine cuts them
-        job = prepare_job(src, model, RunOptions(), InputOptions())
+        job = prepare_job(src, RunOptions(), InputOptions(), model.batch_size)
         recipe, grid = job.recipe, job.grid
         reader = RowReader(src, recipe.bands, recipe.mask, grid.cols.origins[-1] + grid.patch_shape[1])
         batches = [(b.raw, b.weights) for b in cut_batches(job.batches, reader, grid, "taper", 1)
@@ -226,10 +226,11 @@ def make_input(path: Path, width: int, height: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host"),
+    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host", "memory"),
                         help="pipeline: the measurements above (default); gis: COG conversion, vectorize and "
                              "evaluate (benchmarks/gis.py); host: the host's ceiling against the I/O floor "
-                             "(benchmarks/host.py)")
+                             "(benchmarks/host.py); memory: the dry run's memory forecast against the measured "
+                             "peak (benchmarks/memory.py)")
     parser.add_argument("--no-cog", action="store_true", help="host: plain tiled GeoTIFF outputs")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, no W48 stand-in")
     parser.add_argument("--workdir", type=Path, help="keep inputs and models here (default: a temp dir)")
@@ -239,6 +240,18 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="isprs-seg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# working in {work}", flush=True)
+    if args.suite == "memory":
+        import memory
+
+        w48 = work / "w48"
+        if not w48.exists():
+            build_standin(w48, "hrnet-w48")
+        side = 2048 if args.quick else 4096
+        image = work / f"in_{side}x{side}.tif"
+        if not image.exists():
+            make_input(image, side, side)
+        memory.main(work, image, w48)
+        return
     if args.suite in ("gis", "host"):
         small = work / "small"
         if not small.exists():

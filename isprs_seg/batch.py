@@ -27,6 +27,7 @@ OK, SKIPPED, ERROR = "ok", "skipped", "error"
 def plan_outputs(
     inputs: Sequence[str], main: str, extra: Sequence[str] = (), *,
     output: str | Path | None = None, out_dir: str | Path | None = None, given: dict | None = None,
+    create: bool = True,
 ) -> list[dict[str, Path]]:
     """The outputs of each input by role (see :func:`isprs_seg.outputs.output_paths`).
 
@@ -34,7 +35,8 @@ def plan_outputs(
     Everything that would make the batch go wrong is refused here, before any work:
     no input, both or neither of ``output`` and ``out_dir``, ``output`` with several
     inputs, two outputs that are the same file, an output that is one of the inputs.
-    ``out_dir`` is created (with its parents) when it does not exist.
+    ``out_dir`` is created (with its parents) when it does not exist; with ``create``
+    False (a dry run) it is only checked that it could be.
     """
     if output is not None and out_dir is not None:
         raise InputError("give either -o/--output or --out-dir, not both")
@@ -59,15 +61,29 @@ def plan_outputs(
                         "give inputs with distinct file names, or run them into different --out-dir")
                 raise InputError(f"{writer[key]} and {path} would both write {target}: {hint}")
             writer[key] = path
-    if out_dir is not None:
+    if out_dir is not None and create:
         try:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create the output directory {out_dir} ({first_line(exc)})") from exc
     for outputs in planned:
         for target in outputs.values():
-            check_output_path(target)
+            if create or target.parent.is_dir():
+                check_output_path(target)
+            else:  # a dry run: the directory would be created
+                _check_creatable(target.parent)
     return planned
+
+
+def _check_creatable(directory: Path) -> None:
+    """Refuse a directory that could not be created: its nearest existing ancestor must be a writable directory."""
+    ancestor = directory.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == directory.absolute() and ancestor.is_dir():
+        return
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise OutputError(f"cannot create the output directory {directory} ({ancestor} is not a writable directory)")
 
 
 def _identity(path: str | Path) -> str:

@@ -71,6 +71,21 @@ def patch_window(grid: Grid, row: int, col: int, mode: str, stride: int = 1) -> 
                    grid.cols.size // stride, before_x // stride, after_x // stride, mode)
 
 
+def weighted_extent(grid: Grid, row: int, col: int, mode: str, stride: int = 1) -> tuple[slice, slice]:
+    """Rows and columns of patch (``row``, ``col``), in input pixels from its top-left
+    corner, where its window (:func:`patch_window`) is non-zero: a rectangle, since the
+    window is the outer product of two profiles that are each non-zero on one run."""
+    (before_y, after_y), (before_x, after_x) = grid.rows.ramps(row), grid.cols.ramps(col)
+    return (_nonzero(grid.rows.size, before_y, after_y, mode, stride),
+            _nonzero(grid.cols.size, before_x, after_x, mode, stride))
+
+
+@lru_cache(maxsize=64)
+def _nonzero(size: int, before: int, after: int, mode: str, stride: int) -> slice:
+    where = np.flatnonzero(profile(size // stride, before // stride, after // stride, mode))
+    return slice(int(where[0]) * stride, (int(where[-1]) + 1) * stride)
+
+
 @lru_cache(maxsize=32)
 def _window(height: int, top: int, bottom: int, width: int, left: int, right: int, mode: str) -> np.ndarray:
     window = np.outer(profile(height, top, bottom, mode), profile(width, left, right, mode))

@@ -64,6 +64,24 @@ MODEL_CALL_ADDRESS_FIXED = 370 * 2**20
 MODEL_CALL_ADDRESS_KNEE = 500_000
 MODEL_CALL_ADDRESS_PER_PIXEL = 1000
 
+#: ``get_features`` channels: the four HRNetV2 branches (48 + 96 + 192 + 384) concatenated.
+FEATURE_CHANNELS = 720
+
+#: HRNetV2-W48's weights: 65.8 M float32 parameters (on the device when it runs on a GPU).
+MODEL_WEIGHT_BYTES = 65_807_239 * 4
+
+#: What a process uses once TensorFlow is imported and HRNetV2-W48 loaded on the CPU,
+#: before its first call: resident and address space (measured with the W48 stand-in
+#: under TensorFlow 2.21). A dry run, which loads no model, starts its forecast here.
+MODEL_LOADED_RESIDENT = 1030 * 2**20
+MODEL_LOADED_ADDRESS = 2280 * 2**20
+
+#: Where HRNetV2-W48's speed is known, in model-input pixels per second (patch pixels,
+#: overlaps counted) in float32: per CPU core, from this project's benchmark on 2 cores
+#: (0.29 Mpx/s; more cores are assumed to scale linearly, an upper bound), and on GPUs
+#: by the name TensorFlow reports (mmsegmentation's published 13.5 Mpx/s on a V100).
+MODEL_PIXELS_PER_SECOND = {"CPU core": 0.143e6, "V100": 13.5e6}
+
 #: Input recipe the model was trained with: pseudo-RGB ``[R, G, (R + G) / 2]``
 #: (the blue channel replaced by the mean of red and green), values in [0, 1].
 INPUT_RECIPE = "pseudo-RGB [R, G, (R+G)/2], values in [0, 1]"

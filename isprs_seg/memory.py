@@ -61,7 +61,7 @@ def pipeline_bytes(layout: Layout, tile: int, batch: int) -> int:
     out_area, out_rows, out_width = (ph // s) * (pw // s), ph // s, -(-w // s)
     rows = 2 * layout.bands * (ph + 512) * w * layout.itemsize  # row band buffer and its copy
     raw_batches = 3 * batch * layout.bands * ph * pw * layout.itemsize  # read, queued, in the model
-    outputs = 3 * batch * out_area * c * 4  # from the model, queued, being blended
+    outputs = 2 * batch * out_area * c * 4  # queued, being blended (the one from the model: model_bytes)
     accumulator = out_rows * out_width * (c + 1) * 4 + out_area * c * 4  # band, weights, scratch
     released = 2 * min(_CHUNK_VALUES, out_rows * out_width * c) * 4  # a chunk and what a sink makes of it
     block_rows = 512 if s == 1 else 64

@@ -151,6 +151,22 @@ def read_validity(src, mask: str, row: int, rows: int) -> np.ndarray:
     return src.dataset_mask(window=window) > 0
 
 
+def validity_overview(src, mask: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """Validity of the whole of ``src`` sampled to ``shape`` (nearest pixel; from the
+    file's overviews where it has them), or None when every pixel is valid. ``shape``
+    equal to the image's gives the validity itself. ``mask`` as in :func:`read_validity`."""
+    how = _mask_source(src, mask)
+    if how == "all":
+        return None
+    try:
+        if how == "nodata":
+            return _nodata_valid(src.read(out_shape=(src.count, *shape)), src.nodata)
+        return src.dataset_mask(out_shape=shape) > 0
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"{src.name} could not be read ({first_line(exc)}); the file may be truncated or "
+                         "damaged") from exc
+
+
 # --------------------------------------------------------------------------- row bands
 
 

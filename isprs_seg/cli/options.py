@@ -88,6 +88,10 @@ BATCH_OPTIONS = {
         False, "--overwrite", show_default=False,
         help="Redo every input.  [default: off: skip inputs whose outputs are complete and made with the same "
              "settings; refuse to replace outputs made with other settings]")),
+    "dry_run": (bool, typer.Option(
+        False, "--dry-run", show_default=False,
+        help="Only say what each input would take (patches, nodata skipped, peak memory, output sizes, time), "
+             "without loading the model or writing anything.  [default: off]")),
     "on_error": (OnError, typer.Option(
         "continue", "--on-error", help="After a failed input: continue with the next, or stop.")),
 }

@@ -30,11 +30,12 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
 
 
 def _run_command(command: str, paths: List[str], output: Optional[Path], main: str, extra: List[str],
-                 given: dict, specific: dict, work, options: dict) -> None:
+                 given: dict, specific: dict, work, plan, options: dict) -> None:
     """What ``predict`` and ``features`` share: check everything, load the model, run the batch, report.
 
     ``work(path, outputs, model, run, reading, progress)`` runs one input; ``specific``:
-    the command's own options that change pixels (see :mod:`isprs_seg.provenance`).
+    the command's own options that change pixels (see :mod:`isprs_seg.provenance`);
+    ``plan(path, outputs, run, reading, device)`` forecasts one input (``--dry-run``).
     """
     from ..batch import plan_outputs, run_batch
     from .progress import BatchProgress
@@ -50,7 +51,16 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
                 check_choice("--confidence", specific["confidence"], CONFIDENCE_KINDS)
             reading = InputOptions(options["bands"], options["recipe"], options["scale"], options["normalize"],
                                    options["gsd"]).check()
-            planned = plan_outputs(paths, main, extra, output=output, out_dir=options["out_dir"], given=given)
+            planned = plan_outputs(paths, main, extra, output=output, out_dir=options["out_dir"], given=given,
+                                   create=not options["dry_run"])
+        if options["dry_run"]:
+            from .dryrun import dry_run
+
+            failed = dry_run(paths, planned, lambda path, outputs, device: plan(path, outputs, run, reading, device),
+                             options["device"], options["as_json"])
+            if failed:
+                raise typer.Exit(EXIT_FAILED_INPUTS)
+            return
         model = _load(options["model"], options["batch_size"], options["device"], options["precision"],
                       options["xla"])
         with _reported(EXIT_USAGE):
@@ -123,10 +133,16 @@ def predict(inputs: List[str] = INPUTS, output: Optional[Path] = output_option("
             confidence=o["confidence"], tta=o["tta"], reading=reading, progress=progress,
         )
 
+    def plan(path, outputs, run, reading, device):
+        from ..dryrun import forecast_predict
+
+        return forecast_predict(path, outputs, run, reading, device,
+                                probabilities_dtype=o["probabilities_dtype"].value, cog=o["cog"])
+
     specific = {"probabilities_dtype": o["probabilities_dtype"].value, "vector": o["vector"],
                 "confidence": o["confidence"]}
     _run_command("predict", _expand_inputs(inputs), output, "classes",
-                 [role for role, wanted in asked.items() if wanted] + list(COMPANIONS), {}, specific, work, o)
+                 [role for role, wanted in asked.items() if wanted] + list(COMPANIONS), {}, specific, work, plan, o)
 
 
 @command(app, _examples(
@@ -140,7 +156,7 @@ def features(inputs: List[str] = INPUTS, output: Optional[Path] = output_option(
 
     o = options
     with _reported(EXIT_USAGE):
-        FeatureOptions(o["dtype"].value, o["pool"], o["cog"]).check()
+        feature_options = FeatureOptions(o["dtype"].value, o["pool"], o["cog"]).check()
 
     def work(path, outputs, model, run, reading, progress):  # names the outputs as planned: same rules
         return extract_features(
@@ -149,7 +165,12 @@ def features(inputs: List[str] = INPUTS, output: Optional[Path] = output_option(
             cog=o["cog"], reading=reading, progress=progress,
         )
 
+    def plan(path, outputs, run, reading, device):
+        from ..dryrun import forecast_features
+
+        return forecast_features(path, outputs, run, reading, device, feature_options)
+
     given = {"preview": o["preview"]} if o["preview"] else {}
     specific = {"dtype": o["dtype"].value, "pool": pool_text(o["pool"]) if o["pool"] else None}
     _run_command("features", _expand_inputs(inputs), output, "features", ["pooled"] if o["pool"] else [], given,
-                 specific, work, o)
+                 specific, work, plan, o)
