@@ -116,10 +116,10 @@ class StreamingAccumulator:
     #: Values per released chunk, at most (bounds the temporary arrays of consumers).
     CHUNK_VALUES = 8_000_000
 
-    def __init__(self, height: int, width: int, channels: int, band_rows: int):
+    def __init__(self, height: int, width: int, channels: int, band_rows: int, top: int = 0):
         self.height, self.width, self.channels = height, width, channels
         self.band_rows = band_rows
-        self.top = 0  # first image row not yet released
+        self.top = top  # first image row not yet released (a strip of the image starts lower)
         self.sums = np.zeros((channels, band_rows, width), np.float32)
         self.weights = np.zeros((band_rows, width), np.float32)
         self.chunk_rows = max(1, min(band_rows, self.CHUNK_VALUES // max(1, width * channels)))

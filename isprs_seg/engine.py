@@ -26,7 +26,7 @@ import numpy as np
 
 from .blend import StreamingAccumulator, patch_window, pool_valid
 from .grid import Grid
-from .plan import Batch, PlannedPatch
+from .plan import Batch, PlannedPatch, Strip
 
 
 class RowSource(Protocol):
@@ -184,6 +184,7 @@ def _join(*stages: _Stage) -> None:
 def stream(
     grid: Grid, batches: Sequence[Batch], reader: RowSource, infer: Infer, sink: Sink, *,
     blend: str, stride: int, channels: int, progress: Progress | None = None, normalise: bool = True,
+    strip: Strip | None = None,
 ) -> Counts:
     """Run ``batches`` of ``grid`` through ``infer`` and write the blended rows to ``sink``.
 
@@ -192,6 +193,11 @@ def stream(
     planned patch. The sink receives every output row exactly once, in order, as the
     weighted mean, or with ``normalise`` False as the weighted sums (enough for an
     argmax); it is not finished here.
+
+    With ``strip`` (image rows that are a multiple of ``stride`` apart), ``batches``
+    are those of :func:`isprs_seg.plan.strip_batches`: only the patches touching the
+    strip are blended, only its rows go to the sink (still numbered as in the whole
+    output), and the counts and the progress are those of the patches it owns.
     """
     stop = threading.Event()
     progress = progress or NoProgress()
@@ -199,36 +205,53 @@ def stream(
     to_model: queue.Queue = queue.Queue(maxsize=1)
     to_blend: queue.Queue = queue.Queue(maxsize=1)
     counts = Counts()
+    height, width = -(-grid.height // stride), -(-grid.width // stride)
+    patch_height = grid.patch_shape[0]
+    if strip is None:
+        def blended(patch: PlannedPatch) -> bool:
+            return True
+        counted, first_row, last_row = blended, 0, height
+    else:
+        def blended(patch: PlannedPatch) -> bool:
+            return strip.touches(patch, patch_height)
+        counted, first_row, last_row = strip.owns, strip.start // stride, -(-strip.stop // stride)
 
     def read() -> None:
         for batch in cut_batches(batches, reader, grid, blend, stride):
-            counts.sent += len(batch.patches)
-            counts.skipped += batch.dropped
+            counts.sent += sum(map(counted, batch.patches))
+            counts.skipped += sum(map(counted, batch.planned)) - sum(map(counted, batch.patches))
             _put(to_model, batch, stop)
         _put(to_model, _DONE, stop)
 
     def accumulate() -> None:
-        height, width = -(-grid.height // stride), -(-grid.width // stride)
-        acc = StreamingAccumulator(height, width, channels, grid.patch_shape[0] // stride)
+        top = min((p.y for b in batches for p in b if blended(p)), default=0) // stride
+        acc = StreamingAccumulator(height, width, channels, patch_height // stride, top)
 
         def release(until: int) -> None:
-            for chunk in acc.release(until, normalise):
+            for row, values, valid in acc.release(until, normalise):
                 if stop.is_set():
                     raise _Stopped()
-                sink.write(*chunk)
+                if row < first_row:  # rows above a strip: other strips write them
+                    cut = first_row - row
+                    if cut >= valid.shape[0]:
+                        continue
+                    row, values, valid = first_row, values[:, cut:], valid[cut:]
+                sink.write(row, values, valid)
 
-        side_y, side_x = grid.patch_shape[0] // stride, grid.patch_shape[1] // stride
+        side_y, side_x = patch_height // stride, grid.patch_shape[1] // stride
         while (batch := _get(to_blend, stop)) is not _DONE:
             sent = dict(zip(batch.patches, zip(batch.outputs, batch.weights)))
             for patch in batch.planned:  # every planned patch in order: the accumulator counts on it
+                if not blended(patch):
+                    continue
                 row, col = patch.y // stride, patch.x // stride
                 release(row)
                 if patch in sent:
                     acc.add(row, col, *sent[patch])
                 else:
                     acc.skip(row, col, side_y, side_x)
-            progress.update(len(batch.patches) + batch.dropped)
-        release(height)
+            progress.update(sum(map(counted, batch.planned)))
+        release(last_row)
 
     reader_stage = _Stage(read, "isprs-seg-reader")
     blend_stage = _Stage(accumulate, "isprs-seg-blender")

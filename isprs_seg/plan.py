@@ -11,6 +11,15 @@ together.
 
 Invariants (tested): every patch appears once, in row-major order; the batches,
 joined, are exactly that list; every batch but the last holds ``batch_size`` patches.
+
+A *strip* is a band of image rows ``[start, stop)`` that one worker of a distributed
+run computes (:mod:`isprs_seg.cluster`). It replays, in plan order, exactly the planned
+batches that hold a patch touching its rows (:func:`strip_batches`), so every pixel of
+the strip receives the same patches, from the same batches, summed in the same order
+as in a run of the whole image: the strip's pixels are bit-identical to that run's.
+Each patch is *owned* by the strip holding its top row, so the strips' counts add up
+to the whole run's. Invariants (tested): the strips tile the image's rows; each
+patch is owned by exactly one strip and touches it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,23 @@ class PlannedPatch:
 Batch = tuple[PlannedPatch, ...]
 
 
+@dataclass(frozen=True)
+class Strip:
+    """Image rows ``[start, stop)`` computed as one unit of a distributed run."""
+
+    index: int
+    start: int
+    stop: int
+
+    def touches(self, patch: PlannedPatch, patch_height: int) -> bool:
+        """Whether ``patch`` covers any of the strip's rows."""
+        return patch.y < self.stop and patch.y + patch_height > self.start
+
+    def owns(self, patch: PlannedPatch) -> bool:
+        """Whether ``patch`` is counted with this strip: its top row is in it."""
+        return self.start <= patch.y < self.stop
+
+
 def plan_patches(grid: Grid) -> tuple[PlannedPatch, ...]:
     """Every patch of ``grid`` in row-major order."""
     cols = grid.cols.origins
@@ -50,3 +76,16 @@ def plan_batches(grid: Grid, batch_size: int) -> tuple[Batch, ...]:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     patches = plan_patches(grid)
     return tuple(patches[start : start + batch_size] for start in range(0, len(patches), batch_size))
+
+
+def plan_strips(height: int, strip_rows: int) -> tuple[Strip, ...]:
+    """Image rows ``[0, height)`` in strips of ``strip_rows`` (the last may be shorter)."""
+    if strip_rows < 1:
+        raise ValueError(f"strips must hold at least one row, got {strip_rows}")
+    return tuple(Strip(i, start, min(start + strip_rows, height))
+                 for i, start in enumerate(range(0, height, strip_rows)))
+
+
+def strip_batches(batches: tuple[Batch, ...], strip: Strip, patch_height: int) -> tuple[Batch, ...]:
+    """The planned batches, whole and in order, that hold a patch touching ``strip``."""
+    return tuple(batch for batch in batches if any(strip.touches(p, patch_height) for p in batch))

@@ -12,7 +12,7 @@ import pytest
 from isprs_seg.blend import patch_window, pool_valid
 from isprs_seg.engine import stream
 from isprs_seg.grid import make_grid
-from isprs_seg.plan import plan_batches, plan_patches
+from isprs_seg.plan import plan_batches, plan_patches, plan_strips, strip_batches
 
 
 @pytest.mark.parametrize("shape", [(100, 150), (1000, 1401), (2048, 640), (31, 5000)])
@@ -52,8 +52,9 @@ class _Image:
         return raw, valid
 
 
-def _run(valid, grid, batch_size, stride, seed=None):
-    """Stream the plan; return (batches as the model saw them, output values, output validity)."""
+def _run(valid, grid, batch_size, stride, seed=None, strip=None):
+    """Stream the plan (or one strip of it); return (batches as the model saw them, output
+    values, output validity, counts); rows not written stay NaN and invalid."""
     delays = random.Random(seed) if seed is not None else None
     image = _Image(valid, delays)
     seen, lock = [], threading.Lock()
@@ -82,8 +83,10 @@ def _run(valid, grid, batch_size, stride, seed=None):
         def finish(self):
             pass
 
-    counts = stream(grid, plan_batches(grid, batch_size), image, infer, Sink(), blend="taper", stride=stride,
-                    channels=2)
+    batches = plan_batches(grid, batch_size)
+    if strip is not None:
+        batches = strip_batches(batches, strip, grid.patch_shape[0])
+    counts = stream(grid, batches, image, infer, Sink(), blend="taper", stride=stride, channels=2, strip=strip)
     return seen, values, written, counts
 
 
@@ -120,3 +123,30 @@ def test_batches_are_the_plans_whatever_the_timing_of_the_threads(stride):
     np.testing.assert_array_equal(reference[2], cells)
     truth = (np.stack([(np.mgrid[0:h, 0:w][0] * 7 + np.mgrid[0:h, 0:w][1] * 3) % 251]) / 251)[0, ::stride, ::stride]
     np.testing.assert_allclose(reference[1][0][cells], truth[cells], atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+@pytest.mark.parametrize("strip_rows", [128, 256, 512])
+def test_strips_give_the_whole_runs_rows_bit_for_bit_and_its_counts(stride, strip_rows):
+    h, w = 701, 530  # odd sizes; patch rows overlap strip borders in every way
+    valid = np.ones((h, w), bool)
+    valid[200:420, 100:400] = False  # patches without a valid pixel, some at strip borders
+    grid = make_grid(h, w, 128, 32, 32)
+    whole_seen, whole, whole_written, whole_counts = _run(valid, grid, 3, stride)
+    strips = plan_strips(h, strip_rows)
+    assert [(s.start, s.stop) for s in strips] == [(a, min(a + strip_rows, h)) for a in range(0, h, strip_rows)]
+    for p in plan_patches(grid):
+        owners = [s for s in strips if s.owns(p)]
+        assert len(owners) == 1 and owners[0].touches(p, grid.patch_shape[0])
+    sent = skipped = 0
+    joined = np.full_like(whole, np.nan)
+    for strip in strips:
+        seen, values, written, counts = _run(valid, grid, 3, stride, strip=strip)
+        rows = slice(strip.start // stride, -(-strip.stop // stride))
+        assert set(seen) <= set(whole_seen), "only whole batches of the plan reach the model"
+        assert np.isnan(np.delete(values, np.r_[rows], axis=1)).all(), "nothing outside the strip is written"
+        np.testing.assert_array_equal(written[rows], whole_written[rows])
+        joined[:, rows] = values[:, rows]
+        sent, skipped = sent + counts.sent, skipped + counts.skipped
+    assert np.array_equal(joined, whole, equal_nan=True)  # bit for bit: the same patches summed in the same order
+    assert (sent, skipped) == (whole_counts.sent, whole_counts.skipped) and skipped > 0
