@@ -226,11 +226,12 @@ def make_input(path: Path, width: int, height: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host", "memory"),
+    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host", "memory", "cluster"),
                         help="pipeline: the measurements above (default); gis: COG conversion, vectorize and "
                              "evaluate (benchmarks/gis.py); host: the host's ceiling against the I/O floor "
                              "(benchmarks/host.py); memory: the dry run's memory forecast against the measured "
-                             "peak (benchmarks/memory.py)")
+                             "peak (benchmarks/memory.py); cluster: --engine ray with 1 and 2 CPU workers "
+                             "(benchmarks/cluster.py)")
     parser.add_argument("--no-cog", action="store_true", help="host: plain tiled GeoTIFF outputs")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, no W48 stand-in")
     parser.add_argument("--workdir", type=Path, help="keep inputs and models here (default: a temp dir)")
@@ -240,17 +241,22 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="isprs-seg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# working in {work}", flush=True)
-    if args.suite == "memory":
-        import memory
-
+    if args.suite in ("cluster", "memory"):
         w48 = work / "w48"
         if not w48.exists():
             build_standin(w48, "hrnet-w48")
-        side = 2048 if args.quick else 4096
+        side = {"cluster": 2048, "memory": 4096}[args.suite] // (2 if args.quick else 1)
         image = work / f"in_{side}x{side}.tif"
         if not image.exists():
             make_input(image, side, side)
-        memory.main(work, image, w48)
+        if args.suite == "cluster":
+            import cluster
+
+            cluster.main(work, image, w48, strip_rows=side // 2)
+        else:
+            import memory
+
+            memory.main(work, image, w48)
         return
     if args.suite in ("gis", "host"):
         small = work / "small"

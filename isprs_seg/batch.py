@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -118,6 +118,9 @@ class Record:
         return data
 
 
+_RECORD_FIELDS = {f.name for f in fields(Record)}
+
+
 def error_message(path: str, exc: BaseException) -> str:
     """One sentence naming the input: ours as they are, the libraries' first line."""
     if isinstance(exc, IsprsSegError):
@@ -180,7 +183,7 @@ def run_batch(
                 record.seconds = round(time.perf_counter() - started, 3)
             else:
                 for key, value in asdict(result).items():
-                    if key != "input":
+                    if key != "input" and key in _RECORD_FIELDS:
                         setattr(record, key, value)
                 record.seconds = round(record.seconds, 3)
                 record.class_fractions = record.class_fractions or None  # features: none

@@ -19,6 +19,10 @@ class OutputError(IsprsSegError):
     """An output could not be written."""
 
 
+class EngineError(IsprsSegError):
+    """The distributed engine could not be started or reached (see :mod:`isprs_seg.cluster`)."""
+
+
 class IsprsSegWarning(UserWarning):
     """Something the user should know about an input or output; processing goes on."""
 

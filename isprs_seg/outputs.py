@@ -369,3 +369,23 @@ class BlockRowWriter:
             raise OutputError(f"cannot write {self.dataset.name} ({first_line(exc)})") from exc
         self.next_row += rows
         self.filled = 0
+
+
+def copy_rows(path: Path, writer: BlockRowWriter, row: int) -> None:
+    """Write the rows of the GeoTIFF ``path`` (a strip of the output, written with the
+    same kind of writer) into ``writer`` from output row ``row`` on, a block row at a
+    time, with its mask: the values as they are, so the output is the one a single
+    writer would have made."""
+    with rasterio.open(path) as part:
+        target = writer.dataset
+        if (part.width, part.count, part.dtypes[0]) != (target.width, target.count, target.dtypes[0]):
+            raise OutputError(f"{path} does not fit {target.name}: {part.count} bands of {part.width} px "
+                              f"{part.dtypes[0]}, expected {target.count} of {target.width} px {target.dtypes[0]}")
+        for top in range(0, part.height, writer.block_rows):
+            window = Window(0, top, part.width, min(writer.block_rows, part.height - top))
+            values = part.read(window=window)
+            if writer.valid is not None:
+                valid = part.read_masks(1, window=window) > 0
+            else:  # no mask: invalid pixels already hold the fill value
+                valid = np.ones((window.height, window.width), bool)
+            writer.write(row + top, values, valid)

@@ -1,21 +1,25 @@
 """The two runs: ``predict`` (class and probability rasters) and ``features`` (embeddings).
 
-Both go through one run function, :func:`_run`: check the outputs, open the input,
-decide the input recipe and the view the model sees, plan the patches, warm the model
-up, create the outputs under temporary names, stream the plan through the engine
-(:mod:`isprs_seg.engine`) into the run's sink, and commit the outputs. They differ
-only in what the model is asked for, the output stride and the sink.
+Both are described by a :class:`RunSpec` (plain data) and go through one run
+function, :func:`run`: check the outputs, open the input, decide the input recipe and
+the view the model sees, plan the patches, warm the model up, create the outputs under
+temporary names, stream the plan through the engine (:mod:`isprs_seg.engine`) into the
+run's sink, and commit the outputs. They differ only in what the model is asked for,
+the output stride and the sink. :func:`run` also computes one strip of the plan into
+part files, and :func:`assemble` joins them into the outputs of a whole run: what a
+distributed run (:mod:`isprs_seg.cluster`) does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -37,6 +41,7 @@ from .outputs import (
     BlockRowWriter,
     check_outputs,
     class_raster,
+    copy_rows,
     confidence_raster,
     feature_raster,
     listed,
@@ -44,14 +49,16 @@ from .outputs import (
     probability_raster,
     to_cog,
 )
-from .plan import Batch, plan_batches
+from .plan import Batch, Strip, plan_batches, strip_batches
 from .provenance import run_settings, settings_tags
-from .raster import RasterView, RowReader, gdal_env, is_georeferenced, open_input
+from .raster import RasterView, RowReader, RowsOf, gdal_env, is_georeferenced, open_input
 from .recipe import InputRecipe, resolve_recipe
 from .resample import RegriddedSink, ResampledView
 
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
+
+    from .cluster import RayEngine
 
 __all__ = ["InputOptions", "RunOptions", "FeatureOptions", "RunResult", "predict_raster", "extract_features"]
 
@@ -74,6 +81,7 @@ class RunResult:
     batch_size: int
     seconds: float
     class_fractions: dict[str, float] = field(default_factory=dict)  # predict only
+    class_pixels: dict[str, int] = field(default_factory=dict, repr=False)  # predict: valid pixels per class
 
 
 @dataclass
@@ -145,6 +153,13 @@ class _OutputSink:
     def summary(self) -> dict:
         return {}
 
+    def writers(self) -> dict[str, BlockRowWriter]:
+        """The writer of each raster output, by role."""
+        raise NotImplementedError
+
+    def add_counts(self, pixels: dict[str, int]) -> None:
+        """Count pixels written elsewhere (another strip) as if written here."""
+
 
 @dataclass(frozen=True)
 class RunKind:
@@ -164,53 +179,170 @@ def features_kind() -> RunKind:
     return RunKind("get_features", contract.FEATURE_STRIDE, True, 4)
 
 
-#: Makes a run's sink: (datasets to close, temporaries by role, the job, the model) -> sink.
-SinkFactory = Callable[[contextlib.ExitStack, dict[str, Path], Job, Model], _OutputSink]
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of one input, as plain data: what a worker of a distributed run needs,
+    besides the model, to compute any strip of it (:mod:`isprs_seg.cluster`).
+
+    ``settings``: the command's own options: for ``predict`` ``probabilities_dtype``,
+    ``cog``, ``vector``, ``confidence``; for ``features`` those of :class:`FeatureOptions`.
+    """
+
+    command: str  # "predict" or "features"
+    input: str
+    finals: dict[str, Path]  # outputs by role
+    options: RunOptions
+    reading: InputOptions
+    settings: dict
+
+    @property
+    def kind(self) -> RunKind:
+        if self.command == "predict":
+            return predict_kind("probabilities" in self.finals, self.settings["probabilities_dtype"])
+        return features_kind()
+
+    def specific(self) -> dict:
+        """The command's options that change pixels (see :mod:`isprs_seg.provenance`)."""
+        if self.command == "predict":
+            return {key: self.settings[key] for key in ("probabilities_dtype", "vector", "confidence")}
+        pool = self.settings["pool"]
+        return {"dtype": self.settings["dtype"], "pool": pool_text(pool) if pool else None}
+
+    def open_sink(self, stack: contextlib.ExitStack, temps: dict[str, Path], job: Job, model) -> "_OutputSink":
+        """The run's sink on new datasets at ``temps`` (closed by ``stack``); ``model``: a
+        :class:`Model`, or its description (:class:`ModelFacts`)."""
+        s = self.settings
+        if self.command == "predict":
+            return _ClassSink(stack, temps, job, model, s["probabilities_dtype"], s["cog"], s["vector"], s["confidence"])
+        return _FeatureSink(stack, temps, job, model, FeatureOptions(s["dtype"], s["pool"], s["cog"]))
+
+    def record(self, model) -> dict[str, str]:
+        """The tags that record what made the outputs (:mod:`isprs_seg.provenance`)."""
+        return settings_tags(run_settings(model, self.options, self.reading, self.finals, **self.specific()),
+                             model.handle)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the outputs need to know of a model, without TensorFlow: the driver of a
+    distributed run gets it from a worker (:meth:`of`)."""
+
+    handle: str
+    digest: str
+    precision: str
+    batch_size: int
+    num_classes: int
+    feature_channels: int | None
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    device_description: str
+
+    @classmethod
+    def of(cls, model: Model) -> "ModelFacts":
+        return cls(model.handle, model.digest, model.precision, model.batch_size, model.num_classes,
+                   model.feature_channels, tuple(model.class_names), tuple(model.class_colors),
+                   model.device_description)
 
 
 def _resolve_model(model: Model | str | None) -> Model:
     return model if isinstance(model, Model) else load_model(model)
 
 
-def _run(input, finals: dict[str, Path], model: Model | str | None, options: RunOptions, reading: InputOptions,
-         progress: ProgressFactory | None, kind: RunKind, open_sink: SinkFactory, specific: dict) -> RunResult:
+class _RowsFrom:
+    """A sink that numbers the rows of a strip from its first (the rows of its part
+    files), where the engine numbers them as in the whole output."""
+
+    def __init__(self, sink, first: int):
+        self.sink, self.first = sink, first
+
+    def write(self, row: int, values: np.ndarray, valid: np.ndarray) -> None:
+        self.sink.write(row - self.first, values, valid)
+
+    def finish(self) -> None:
+        self.sink.finish()
+
+
+def run(spec: RunSpec, model: Model | str | None = None, progress: ProgressFactory | None = None,
+        strip: Strip | None = None, parts: dict[str, Path] | None = None) -> RunResult:
+    """Run ``spec``: the whole input into its outputs; or, with ``strip``, only the
+    strip's rows into ``parts`` (its raster outputs by role, GeoTIFFs of those rows,
+    without the work done on finished outputs: COG, legend, polygons), which
+    :func:`assemble` joins. A strip's counts are those of the patches it owns."""
     started = time.perf_counter()
-    check_outputs(input, finals)
+    kind, finals = spec.kind, spec.finals if strip is None else parts
+    check_outputs(spec.input, finals)
     model = _resolve_model(model)
-    record = settings_tags(run_settings(model, options, reading, finals, **specific), model.handle)
+    record = spec.record(model)
     if kind.method == "get_features":
         model.check_features()
     else:
         model.check_classes()
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
-    tta = options.tta if kind.method == "predict" and options.tta != "none" else None
+    tta = spec.options.tta if kind.method == "predict" and spec.options.tta != "none" else None
     with gdal_env(), contextlib.ExitStack() as stack:
-        src = stack.enter_context(open_input(input))
-        job = prepare_job(src, options, reading, model.batch_size)
+        src = stack.enter_context(open_input(spec.input))
+        job = prepare_job(src, spec.options, spec.reading, model.batch_size)
         job.tags.update(record)
         layout = job.layout(channels, kind, on_gpu=model.device_description.startswith("GPU"))
-        check_memory(str(input), layout, options.tile, options.overlap, job.batch_size)
+        check_memory(str(spec.input), layout, spec.options.tile, spec.options.overlap, job.batch_size)
         model.warm_up(job.blank_patch(), job.batch_size, job.recipe, method=kind.method, tta=tta, weighted=True)
         temps = stack.enter_context(atomic_outputs(finals))
         with contextlib.ExitStack() as datasets:  # closed before the outputs are committed
-            outputs = open_sink(datasets, temps, job, model)
-            sink = outputs
+            batches = job.batches
+            if strip is None:
+                outputs = spec.open_sink(datasets, temps, job, model)
+                sink = outputs
+            else:
+                rows = RowsOf(src, strip.start, strip.stop)
+                outputs = spec.open_sink(datasets, temps, dataclasses.replace(job, dataset=rows), model)
+                sink = _RowsFrom(outputs, strip.start // kind.stride)
+                batches = strip_batches(batches, strip, job.grid.patch_shape[0])
+            normalise = outputs.needs_means or job.view is not src
             if job.view is not src:
-                sink = datasets.enter_context(RegriddedSink.opened(job.view, job.recipe.mask, kind.stride, outputs))
+                sink = datasets.enter_context(RegriddedSink.opened(job.view, job.recipe.mask, kind.stride, sink))
             bar = datasets.enter_context((progress or NoProgress)(len(job.grid)))
             reader = RowReader(job.view, job.recipe.bands, job.recipe.mask,
                                job.grid.cols.origins[-1] + job.grid.patch_shape[1])
+
             def infer(raw: np.ndarray, weights: np.ndarray) -> np.ndarray:
                 return model.weighted(kind.method, raw, weights, job.batch_size, job.recipe, tta)
 
-            counts = stream(job.grid, job.batches, reader, infer, sink, blend=options.blend, stride=kind.stride,
-                            channels=channels, progress=bar, normalise=outputs.needs_means or sink is not outputs)
+            counts = stream(job.grid, batches, reader, infer, sink, blend=spec.options.blend, stride=kind.stride,
+                            channels=channels, progress=bar, normalise=normalise, strip=strip)
             sink.finish()
+        if strip is None:
+            outputs.closed(temps, finals)
+    return RunResult(
+        str(spec.input), [str(p) for p in listed(finals)],
+        src.width, src.height, counts.sent, counts.skipped, spec.options.tile, spec.options.overlap, job.batch_size,
+        time.perf_counter() - started, **outputs.summary(),
+    )
+
+
+def assemble(spec: RunSpec, model: ModelFacts, strips: Sequence[tuple[Strip, dict[str, Path], RunResult]],
+             seconds: float) -> RunResult:
+    """Join the parts of every strip of ``spec`` (as :func:`run` wrote them, given in
+    strip order) into the outputs a whole run writes: the same datasets, tags, blocks
+    and finishing work, with the strips' counts added up. ``seconds``: the run's time."""
+    kind, finals = spec.kind, spec.finals
+    check_outputs(spec.input, finals)
+    with gdal_env(), contextlib.ExitStack() as stack:
+        src = stack.enter_context(open_input(spec.input))
+        job = prepare_job(src, spec.options, spec.reading, model.batch_size)
+        job.tags.update(spec.record(model))
+        temps = stack.enter_context(atomic_outputs(finals))
+        with contextlib.ExitStack() as datasets:
+            outputs = spec.open_sink(datasets, temps, job, model)
+            for strip, parts, result in strips:
+                for role, writer in outputs.writers().items():
+                    copy_rows(parts[role], writer, strip.start // kind.stride)
+                outputs.add_counts(result.class_pixels)
+            outputs.finish()
         outputs.closed(temps, finals)
     return RunResult(
-        str(input), [str(p) for p in listed(finals)],
-        src.width, src.height, counts.sent, counts.skipped, options.tile, options.overlap, job.batch_size,
-        time.perf_counter() - started, **outputs.summary(),
+        str(spec.input), [str(p) for p in listed(finals)], src.width, src.height,
+        sum(r.tiles for _, _, r in strips), sum(r.skipped_tiles for _, _, r in strips), spec.options.tile,
+        spec.options.overlap, job.batch_size, seconds, **outputs.summary(),
     )
 
 
@@ -273,9 +405,17 @@ class _ClassSink(_OutputSink):
 
             vectorize_raster(temps["classes"], temps["polygons"], classes=None if self.vector == "all" else self.vector)
 
+    def writers(self) -> dict[str, BlockRowWriter]:
+        return {role: writer for role, writer in (("classes", self.classes), ("probabilities", self.probabilities),
+                                                  ("confidence", self.confidence)) if writer}
+
+    def add_counts(self, pixels: dict[str, int]) -> None:
+        self.counts += np.array([pixels[name] for name in self.names], np.int64)
+
     def summary(self) -> dict:
         total = self.counts.sum()
-        return {"class_fractions": {n: float(c / total) if total else 0.0 for n, c in zip(self.names, self.counts)}}
+        return {"class_fractions": {n: float(c / total) if total else 0.0 for n, c in zip(self.names, self.counts)},
+                "class_pixels": {n: int(c) for n, c in zip(self.names, self.counts)}}
 
 
 def predict_raster(
@@ -296,6 +436,7 @@ def predict_raster(
     tta: str = "none",
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
+    engine: "RayEngine | None" = None,
 ) -> RunResult:
     """Segment one raster into a class raster at ``output`` (or ``out_dir/<stem>.classes.tif``).
 
@@ -313,7 +454,9 @@ def predict_raster(
     ``confidence``: also write ``OUT.confidence.tif``, uint8: the highest class
     probability (``"max"``) or its margin over the second (``"margin"``), times 255.
     ``tta``: test-time augmentation, ``"flips"`` or ``"d4"`` (see :meth:`Model.predict`).
-    Outputs appear under their final names only when complete.
+    ``engine``: a :class:`isprs_seg.cluster.RayEngine` to run on Ray's workers,
+    which hold their own model (``model`` is then not used); the outputs are
+    identical. Outputs appear under their final names only when complete.
     """
     options = RunOptions(tile, overlap, batch_size, blend, tta).check()
     reading.check()
@@ -329,12 +472,9 @@ def predict_raster(
              + (["polygons"] if vector else []))
     finals = output_paths(input, "classes", [*extra, *COMPANIONS], output=output, out_dir=out_dir, given=given)
 
-    def open_sink(stack, temps, job, model):
-        return _ClassSink(stack, temps, job, model, probabilities_dtype, cog, vector, confidence)
-
-    kind = predict_kind(bool(probabilities), probabilities_dtype)
-    specific = {"probabilities_dtype": probabilities_dtype, "vector": vector, "confidence": confidence}
-    return _run(input, finals, model, options, reading, progress, kind, open_sink, specific)
+    spec = RunSpec("predict", str(input), finals, options, reading, {
+        "probabilities_dtype": probabilities_dtype, "cog": cog, "vector": vector, "confidence": confidence})
+    return engine.run(spec, progress) if engine is not None else run(spec, model, progress)
 
 
 # --------------------------------------------------------------------------- features
@@ -369,6 +509,9 @@ class _FeatureSink(_OutputSink):
         if self.pooler:
             self.pooler.close()
 
+    def writers(self) -> dict[str, BlockRowWriter]:
+        return {"features": self.writer}
+
     def closed(self, temps: dict[str, Path], finals: dict[str, Path]) -> None:
         if self.sampler:
             self.sampler.write(temps["features"], temps["preview"])
@@ -393,6 +536,7 @@ def extract_features(
     cog: bool = False,
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
+    engine: "RayEngine | None" = None,
 ) -> RunResult:
     """Write the model's dense features of one raster to ``output`` (or ``out_dir/<stem>.features.tif``).
 
@@ -413,8 +557,5 @@ def extract_features(
     finals = output_paths(input, "features", ["pooled"] if pool else [], output=output, out_dir=out_dir,
                           given=given)
 
-    def open_sink(stack, temps, job, model):
-        return _FeatureSink(stack, temps, job, model, features)
-
-    return _run(input, finals, model, options, reading, progress, features_kind(), open_sink,
-                {"dtype": dtype, "pool": pool_text(pool) if pool else None})
+    spec = RunSpec("features", str(input), finals, options, reading, dataclasses.asdict(features))
+    return engine.run(spec, progress) if engine is not None else run(spec, model, progress)

@@ -15,6 +15,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
@@ -234,3 +235,16 @@ class RowReader:
                 "the file may be truncated or damaged"
             ) from exc
         return raw, valid
+
+
+class RowsOf:
+    """Rows ``[start, stop)`` of a dataset, as the output rasters see a dataset: its
+    width, the strip's height, its CRS and its transform moved down to the strip's
+    first row. Ground control points are left out: they belong to the whole image."""
+
+    def __init__(self, dataset, start: int, stop: int):
+        self.name = f"{dataset.name} rows {start}-{stop}"
+        self.width, self.height = dataset.width, min(stop, dataset.height) - start
+        self.crs = dataset.crs
+        self.transform = dataset.transform * Affine.translation(0, start)
+        self.gcps = ([], None)

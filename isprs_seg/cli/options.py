@@ -17,6 +17,7 @@ import typer
 
 from .. import contract
 from ..blend import BLEND_MODES
+from ..cluster import DEFAULT_STRIP_ROWS
 from ..options import FEATURE_DTYPES, PRECISIONS, PROBABILITY_DTYPES, TTA_MODES
 
 MODEL_HELP = (
@@ -96,6 +97,33 @@ BATCH_OPTIONS = {
         "continue", "--on-error", help="After a failed input: continue with the next, or stop.")),
 }
 #: Described in each command's own text (Typer would print its Python type beside it).
+Engine = _choices("Engine", ("local", "ray"))
+
+#: Where the work runs: this process, or workers on Ray (:mod:`isprs_seg.cluster`).
+ENGINE_OPTIONS = {
+    "engine": (Engine, typer.Option(
+        "local", "--engine", help="local: this process; ray: Ray workers (every GPU of a server or a cluster), "
+                                  "one raster in strips, the same outputs.")),
+    "ray_address": (Optional[str], typer.Option(
+        None, "--ray-address", metavar="ADDR|auto", show_default=False,
+        help="With --engine ray: attach to this Ray cluster (auto: the one this job runs in, as with ray job "
+             "submit).  [default: a private Ray cluster on this machine]")),
+    "workers": (Optional[int], typer.Option(
+        None, "--workers", metavar="N", show_default=False,
+        help="With --engine ray: workers, each loading the model once.  [default: one per GPU, else one]")),
+    "gpus_per_worker": (Optional[float], typer.Option(
+        None, "--gpus-per-worker", metavar="G", show_default=False,
+        help="With --engine ray: GPUs each worker takes.  [default: 1 where there are GPUs, else 0]")),
+    "cpus_per_worker": (Optional[float], typer.Option(
+        None, "--cpus-per-worker", metavar="C", show_default=False,
+        help="With --engine ray: CPUs each worker takes (and TensorFlow's threads on a CPU worker).  "
+             "[default: 1 with a GPU, else the CPUs shared among the workers]")),
+    "strip_rows": (int, typer.Option(
+        DEFAULT_STRIP_ROWS, "--strip-rows", metavar="R",
+        help="With --engine ray: rows per unit of work (a multiple of 512); the rows at each strip border cost "
+             "about 640 / R extra.")),
+}
+
 PREDICT_OPTIONS = {
     "probabilities": (bool, typer.Option(False, "--probabilities", show_default=False,
                                          help="Also write per-class probabilities (OUT.probabilities.tif).  "
