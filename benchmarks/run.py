@@ -49,11 +49,7 @@ if not ORTHO.exists():
 def _peak_rss_mb() -> float:
     """This process's own peak RSS. Not ru_maxrss: Linux carries it over from the parent
     across fork and exec, so a child of a large process would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _peak_of("self") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dict:
@@ -136,7 +132,8 @@ def _memory_total_mb() -> float:
         return int(f.readline().split()[1]) / 1024
 
 
-def _peak_of(pid: int) -> float:
+def _peak_of(pid: int | str) -> float:
+    """Peak resident MB of process ``pid`` (or ``"self"``) from /proc (VmHWM); 0 when gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

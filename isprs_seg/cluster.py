@@ -109,10 +109,7 @@ class StripWorker:
 
         if self.error is not None:
             raise self.error
-        if command == "features":
-            self.model.check_features()
-        else:
-            self.model.check_classes()
+        self.model.check_for(command)
         return ModelFacts.of(self.model), {"tensorflow": self.tensorflow}
 
     def strip(self, spec: "RunSpec", strip: Strip, parts: dict[str, Path]):

@@ -154,6 +154,13 @@ class Model:
         self._run(method, sample[:1], batch_size, prepare, tta, np.ones((1, -(-height // side), -(-width // side)),
                                                                         np.float32))
 
+    def check_for(self, command: str) -> None:
+        """Raise the clear error when the model cannot serve ``command`` (``predict`` or ``features``)."""
+        if command == "features":
+            self.check_features()
+        else:
+            self.check_classes()
+
     def check_classes(self) -> None:
         """Raise the clear error for a model with more classes than a class raster holds."""
         if self.num_classes > contract.CLASS_NODATA:

@@ -371,16 +371,18 @@ class BlockRowWriter:
         self.filled = 0
 
 
-def copy_rows(path: Path, writer: BlockRowWriter, row: int) -> None:
-    """Write the rows of the GeoTIFF ``path`` (a strip of the output, written with the
-    same kind of writer) into ``writer`` from output row ``row`` on, a block row at a
+def copy_rows(path: Path, writer: BlockRowWriter, row: int, rows: int) -> None:
+    """Write the ``rows`` rows of the GeoTIFF ``path`` (a strip of the output, written with
+    the same kind of writer) into ``writer`` from output row ``row`` on, a block row at a
     time, with its mask: the values as they are, so the output is the one a single
     writer would have made."""
     with rasterio.open(path) as part:
         target = writer.dataset
-        if (part.width, part.count, part.dtypes[0]) != (target.width, target.count, target.dtypes[0]):
-            raise OutputError(f"{path} does not fit {target.name}: {part.count} bands of {part.width} px "
-                              f"{part.dtypes[0]}, expected {target.count} of {target.width} px {target.dtypes[0]}")
+        expected = (target.count, rows, target.width, target.dtypes[0])
+        if (part.count, part.height, part.width, part.dtypes[0]) != expected:
+            raise OutputError(f"{path} does not fit {target.name}: {part.count} bands of {part.width} x "
+                              f"{part.height} px {part.dtypes[0]}, expected {expected[0]} of {expected[2]} x {rows} px "
+                              f"{expected[3]}")
         for top in range(0, part.height, writer.block_rows):
             window = Window(0, top, part.width, min(writer.block_rows, part.height - top))
             values = part.read(window=window)

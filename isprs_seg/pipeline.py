@@ -273,10 +273,7 @@ def run(spec: RunSpec, model: Model | str | None = None, progress: ProgressFacto
     check_outputs(spec.input, finals)
     model = _resolve_model(model)
     record = spec.record(model)
-    if kind.method == "get_features":
-        model.check_features()
-    else:
-        model.check_classes()
+    model.check_for(spec.command)
     channels = model.num_classes if kind.method == "predict" else model.feature_channels
     tta = spec.options.tta if kind.method == "predict" and spec.options.tta != "none" else None
     with gdal_env(), contextlib.ExitStack() as stack:
@@ -334,8 +331,9 @@ def assemble(spec: RunSpec, model: ModelFacts, strips: Sequence[tuple[Strip, dic
         with contextlib.ExitStack() as datasets:
             outputs = spec.open_sink(datasets, temps, job, model)
             for strip, parts, result in strips:
+                first, stop = strip.start // kind.stride, -(-min(strip.stop, src.height) // kind.stride)
                 for role, writer in outputs.writers().items():
-                    copy_rows(parts[role], writer, strip.start // kind.stride)
+                    copy_rows(parts[role], writer, first, stop - first)
                 outputs.add_counts(result.class_pixels)
             outputs.finish()
         outputs.closed(temps, finals)

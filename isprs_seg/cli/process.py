@@ -68,10 +68,7 @@ def _run_command(command: str, paths: List[str], output: Optional[Path], main: s
                 model = _load(options["model"], options["batch_size"], options["device"], options["precision"],
                               options["xla"])
                 with _reported(EXIT_USAGE):
-                    if command == "features":
-                        model.check_features()
-                    else:
-                        model.check_classes()
+                    model.check_for(command)
             failed = _run_batch(command, paths, planned, model, run, reading, specific, work, options)
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)
