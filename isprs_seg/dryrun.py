@@ -243,7 +243,7 @@ def describe(f: Forecast) -> str:
     if f.disk_peak:
         lines.append(f"  disk: up to {size_text(f.disk_peak)} at the peak of the run")
     if f.seconds is not None:
-        lines.append(f"  time on {f.device}: about {_duration(f.seconds)} of model time ({f.speed})")
+        lines.append(f"  time on {f.device}: {_duration(f.seconds)} of model time ({f.speed})")
     else:
         lines.append(f"  time: no speed figure is known for {f.device}")
     return "\n".join(lines)
@@ -257,7 +257,7 @@ def _duration(seconds: float) -> str:
     if seconds < 1:
         return "under a second"
     if seconds < 120:
-        return f"{seconds:.0f} s"
+        return f"about {seconds:.0f} s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
