@@ -25,8 +25,8 @@ def border_cost(height: int, width: int, strip_rows: int, tile: int = 768, overl
                 ) -> float:
     """Patches run by all the strips of a ``height x width`` raster over those of one run."""
     from isprs_seg import contract
-    from isprs_seg.grid import make_grid
-    from isprs_seg.plan import plan_batches, plan_strips, strip_batches
+    from isprs_seg.tiling.grid import make_grid
+    from isprs_seg.tiling.plan import plan_batches, plan_strips, strip_batches
 
     grid = make_grid(height, width, tile, overlap, contract.NETWORK_STRIDE)
     batches = plan_batches(grid, batch)
@@ -38,7 +38,8 @@ def main(work: Path, image: Path, model_dir: Path, strip_rows: int) -> dict:
     import rasterio
 
     from isprs_seg import predict_raster
-    from isprs_seg.cluster import DEFAULT_STRIP_ROWS, ModelLoad, RayEngine
+    from isprs_seg.runs.cluster import ModelLoad, RayEngine
+    from isprs_seg.tiling.plan import DEFAULT_STRIP_ROWS
 
     with rasterio.open(image) as src:
         height, width = src.height, src.width

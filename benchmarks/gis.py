@@ -55,10 +55,10 @@ def _peak_disk_while(directory: Path, work) -> tuple[float, int]:
 def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
     import rasterio
 
+    from isprs_seg.analysis.vectorize import vectorize_raster
+    from isprs_seg.api import predict_raster
+    from isprs_seg.io.outputs import to_cog
     from isprs_seg.model import load_model
-    from isprs_seg.outputs import to_cog
-    from isprs_seg.pipeline import predict_raster
-    from isprs_seg.vectorize import vectorize_raster
 
     gis = work / "gis"
     shutil.rmtree(gis, ignore_errors=True)
@@ -81,7 +81,7 @@ def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
         folder.mkdir()
         path = write_mosaic(folder / f"{role}.tif", block, side, side, profile | extra)
         before = path.stat().st_size
-        seconds, peak = _peak_disk_while(folder, lambda: to_cog(path, role, path))
+        seconds, peak = _peak_disk_while(folder, lambda path=path, role=role: to_cog(path, role, path))
         gp = side * side / 1e9
         after = path.stat().st_size
         print(f"{role:13s} {side} x {side} ({gp:.2f} Gpx): {seconds:.1f} s, {seconds / gp:.0f} s per gigapixel; "
@@ -115,7 +115,7 @@ def main(work: Path, quick: bool, ortho: Path, model_dir: Path) -> None:
     import sys
 
     # peak RSS from VmHWM: ru_maxrss would carry over this (large) process's own peak
-    script = ("import json, time; from isprs_seg.evaluate import evaluate; t = time.perf_counter(); "
+    script = ("import json, time; from isprs_seg.analysis.evaluate import evaluate; t = time.perf_counter(); "
               f"r = evaluate({str(path)!r}, {str(labels)!r}); "
               "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
               "print(json.dumps({'seconds': time.perf_counter() - t, 'rss_mb': hwm / 1024, "

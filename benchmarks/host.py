@@ -23,7 +23,7 @@ from pathlib import Path
 
 def _zero_cost(model):
     """``model`` with its calls replaced by handing back one real batch of outputs at once."""
-    import isprs_seg.model as model_module
+    import isprs_seg.model.inference as model_module
 
     ready = {}
     real_run = model_module.Model._run
@@ -42,7 +42,7 @@ def _read_floor(path: Path, patch_rows: int, width: int) -> None:
     """Read and decode the input in the pipeline's row bands, with its validity (as RowReader)."""
     import rasterio
 
-    from isprs_seg.raster import RowReader, gdal_env
+    from isprs_seg.io.raster import RowReader, gdal_env
 
     with gdal_env(), rasterio.open(path) as src:
         reader = RowReader(src, [1, 2], "dataset", width)
@@ -57,8 +57,8 @@ def _write_floor(arrays: dict, src_path: Path, out_dir: Path, cog: bool) -> None
     from rasterio.windows import Window
 
     from isprs_seg import contract
-    from isprs_seg.outputs import class_raster, feature_raster, probability_raster, to_cog
-    from isprs_seg.raster import gdal_env
+    from isprs_seg.io.outputs import class_raster, feature_raster, probability_raster, to_cog
+    from isprs_seg.io.raster import gdal_env
 
     with gdal_env(), rasterio.open(src_path) as src:
         for role, (data, mask) in arrays.items():
@@ -95,8 +95,8 @@ def _read_back(paths: dict) -> dict:
 def main(work: Path, image: Path, model_dir: Path, cog: bool = True) -> dict:
     import rasterio
 
+    from isprs_seg.api import extract_features, predict_raster
     from isprs_seg.model import load_model
-    from isprs_seg.pipeline import extract_features, predict_raster
 
     host = work / "host"
     host.mkdir(exist_ok=True)

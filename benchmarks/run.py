@@ -56,11 +56,12 @@ def child_pipeline(model_dir: str, image: str, out: str, model_only: str) -> dic
     """predict_raster on one input. With ``model_only`` "1", first one untimed run (a batch
     of many files is warm after its first), then end-to-end and model-only for the same
     patches, twice each, alternating; the best of each is reported."""
-    from isprs_seg.engine import cut_batches
+    from isprs_seg.api import predict_raster
+    from isprs_seg.io.raster import RowReader, open_input
     from isprs_seg.model import load_model
     from isprs_seg.options import InputOptions, RunOptions
-    from isprs_seg.pipeline import predict_raster, prepare_job
-    from isprs_seg.raster import RowReader, open_input
+    from isprs_seg.runs.job import prepare_job
+    from isprs_seg.tiling.stream import cut_batches
 
     model = load_model(model_dir)
     result: dict = {}
@@ -146,8 +147,8 @@ def _peak_of(pid: int | str) -> float:
 
 def child_features(model_dir: str, image: str, out: str, dtype: str) -> dict:
     """extract_features on one input: time, peak RSS and the size of the file written."""
+    from isprs_seg.api import extract_features
     from isprs_seg.model import load_model
-    from isprs_seg.pipeline import extract_features
 
     model = load_model(model_dir)
     started = time.perf_counter()
@@ -159,8 +160,8 @@ def child_features(model_dir: str, image: str, out: str, dtype: str) -> dict:
 def child_model(model_dir: str) -> dict:
     """The model alone: loaded, then three batches of default patches (its own peak memory)."""
     from isprs_seg import contract
+    from isprs_seg.io.recipe import InputRecipe
     from isprs_seg.model import load_model
-    from isprs_seg.recipe import InputRecipe
 
     model = load_model(model_dir)
     raw = np.zeros((model.batch_size, 2, contract.DEFAULT_TILE, contract.DEFAULT_TILE), np.uint8)
@@ -223,7 +224,8 @@ def make_input(path: Path, width: int, height: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="pipeline", choices=("pipeline", "gis", "host", "memory", "cluster"),
+    suites = ("pipeline", "gis", "host", "memory", "cluster")
+    parser.add_argument("suite", nargs="?", default="pipeline", choices=suites,
                         help="pipeline: the measurements above (default); gis: COG conversion, vectorize and "
                              "evaluate (benchmarks/gis.py); host: the host's ceiling against the I/O floor "
                              "(benchmarks/host.py); memory: the dry run's memory forecast against the measured "
@@ -312,7 +314,8 @@ def main() -> None:
     for kind in models:
         for dtype in ("float16", "float32"):
             run = _run_child("features", str(models[kind]), str(inputs["4096"]), str(work / "features.tif"), dtype)
-            print(f"{kind:6s} {dtype}: {run['seconds']:.1f} s, {run['bytes'] / 1e6 / run['megapixels']:.1f} MB per input "
+            per_mpx = run['bytes'] / 1e6 / run['megapixels']
+            print(f"{kind:6s} {dtype}: {run['seconds']:.1f} s, {per_mpx:.1f} MB per input "
                   f"megapixel ({run['bytes'] / 1e6:.0f} MB), peak RSS {run['rss_mb']:.0f} MB", flush=True)
 
     print("\n## 3/4. isprs-seg against the whole-image approach with tiler (small stand-in)")

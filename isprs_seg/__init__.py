@@ -21,12 +21,17 @@ _LAZY = {
     "load_model": ("isprs_seg.model", "load_model"),
     "Model": ("isprs_seg.model", "Model"),
     "fetch_model": ("isprs_seg.model", "fetch_model"),
-    "predict_raster": ("isprs_seg.pipeline", "predict_raster"),
-    "extract_features": ("isprs_seg.pipeline", "extract_features"),
-    "RunResult": ("isprs_seg.pipeline", "RunResult"),
+    "predict_raster": ("isprs_seg.api", "predict_raster"),
+    "extract_features": ("isprs_seg.api", "extract_features"),
+    "run_product": ("isprs_seg.api", "run_product"),
+    "RunResult": ("isprs_seg.runs.engine", "RunResult"),
+    "Classes": ("isprs_seg.products", "Classes"),
+    "Features": ("isprs_seg.products", "Features"),
+    "LocalEngine": ("isprs_seg.runs.local", "LocalEngine"),
+    "RayEngine": ("isprs_seg.runs.cluster", "RayEngine"),
     "InputOptions": ("isprs_seg.options", "InputOptions"),
-    "plan_outputs": ("isprs_seg.batch", "plan_outputs"),
-    "run_batch": ("isprs_seg.batch", "run_batch"),
+    "plan_outputs": ("isprs_seg.runs.batch", "plan_outputs"),
+    "run_batch": ("isprs_seg.runs.batch", "run_batch"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -20,11 +20,21 @@ class OutputError(IsprsSegError):
 
 
 class EngineError(IsprsSegError):
-    """The distributed engine could not be started or reached (see :mod:`isprs_seg.cluster`)."""
+    """The distributed engine could not be started or reached (see :mod:`isprs_seg.runs.cluster`)."""
 
 
 class IsprsSegWarning(UserWarning):
     """Something the user should know about an input or output; processing goes on."""
+
+
+class InputWarning(IsprsSegWarning):
+    """An input is read in a way the user may not expect (an assumed value range, a band
+    that is not used as a mask, no georeferencing): the outputs may not be what was meant."""
+
+
+class OutputWarning(IsprsSegWarning):
+    """An output differs from what was asked in a way the user should know (cells rounded to
+    whole feature pixels, an empty preview)."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 from . import contract
-from .blend import BLEND_MODES
 from .errors import InputError
 
-#: Storage of probability rasters: float32 (NaN where invalid) or uint8 (x 255, masked).
-PROBABILITY_DTYPES = ("float32", "uint8")
-#: How the model computes: float32, or TensorFlow's automatic mixed precision.
-PRECISIONS = ("float32", "mixed")
-#: Test-time augmentation of predict: none, the four flips, or the eight rotations and reflections.
-TTA_MODES = ("none", "flips", "d4")
-#: What a confidence raster holds: the highest class probability, or its margin over the second.
-CONFIDENCE_KINDS = ("max", "margin")
-#: Storage of feature rasters: half precision on disk (NBITS=16) or float32.
-FEATURE_DTYPES = ("float16", "float32")
+# Each choice has one typed source: a Literal type for annotations, whose values are
+# the checks' and the command line's choices.
 
+#: How patches are stitched: smooth weights across overlaps, or only patch centres.
+Blend = Literal["taper", "crop"]
+#: Storage of probability rasters: float32 (NaN where invalid) or uint8 (x 255, masked).
+ProbabilityDtype = Literal["float32", "uint8"]
+#: How the model computes: float32, or TensorFlow's automatic mixed precision.
+Precision = Literal["float32", "mixed"]
+#: Test-time augmentation of predict: none, the four flips, or the eight rotations and reflections.
+Tta = Literal["none", "flips", "d4"]
+#: What a confidence raster holds: the highest class probability, or its margin over the second.
+ConfidenceKind = Literal["max", "margin"]
+#: Storage of feature rasters: half precision on disk (NBITS=16) or float32.
+FeatureDtype = Literal["float16", "float32"]
+#: Where runs are computed: this process, or Ray's workers (:mod:`isprs_seg.runs`).
+EngineName = Literal["local", "ray"]
+#: What a batch does after a failed input: go on with the next, or stop.
+OnError = Literal["continue", "stop"]
+
+(BLEND_MODES, PROBABILITY_DTYPES, PRECISIONS, TTA_MODES, CONFIDENCE_KINDS, FEATURE_DTYPES, ENGINES,
+ ON_ERROR) = map(get_args, (Blend, ProbabilityDtype, Precision, Tta, ConfidenceKind, FeatureDtype, EngineName, OnError))
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
     """``"2,3"`` -> (2, 3); None stays None (choose from the file)."""
@@ -73,7 +83,7 @@ class RunOptions:
     blend: str = "taper"
     tta: str = "none"  # predict only
 
-    def check(self) -> "RunOptions":
+    def check(self) -> RunOptions:
         lattice = contract.NETWORK_STRIDE
         if self.tile < lattice or self.tile % lattice:
             raise InputError(f"--tile must be a positive multiple of {lattice}, got {self.tile}")
@@ -93,9 +103,9 @@ class InputOptions:
     """How to read the input (``--bands``, ``--recipe``, ``--scale``, ``--normalize``, ``--gsd``).
 
     ``bands``: ``"R,G[,B]"`` 1-based, or None to choose from the colour interpretation;
-    ``scale``: ``"auto"``, ``"MAX"`` or ``"MIN,MAX"`` (see :mod:`isprs_seg.recipe`).
+    ``scale``: ``"auto"``, ``"MAX"`` or ``"MIN,MAX"`` (see :mod:`isprs_seg.io.recipe`).
     ``gsd``: ground sampling distance in metres to run the model at; outputs stay on
-    the input's grid (:mod:`isprs_seg.resample`).
+    the input's grid (:mod:`isprs_seg.io.resample`).
     """
 
     bands: str | None = None
@@ -104,29 +114,11 @@ class InputOptions:
     normalize: str = "unit"
     gsd: float | None = None
 
-    def check(self) -> "InputOptions":
+    def check(self) -> InputOptions:
         parse_bands(self.bands)
         parse_scale(self.scale)
         check_choice("--recipe", self.recipe, contract.RECIPES)
         check_choice("--normalize", self.normalize, contract.NORMALIZATIONS)
         if self.gsd is not None and not (self.gsd > 0 and math.isfinite(self.gsd)):
             raise InputError(f"--gsd must be a positive number of metres, got {self.gsd}")
-        return self
-
-
-@dataclass(frozen=True)
-class FeatureOptions:
-    """How ``features`` writes (``--dtype``, ``--pool``, ``--cog``)."""
-
-    dtype: str = "float16"
-    pool: str | None = None  # "10", "10m" or "256px"
-    cog: bool = False  # a Cloud Optimized GeoTIFF with overviews
-
-    def check(self) -> "FeatureOptions":
-        check_choice("--dtype", self.dtype, FEATURE_DTYPES)
-        if self.pool:
-            from .embeddings import parse_pool_spec, require_pyogrio
-
-            parse_pool_spec(self.pool)
-            require_pyogrio()
         return self

@@ -14,9 +14,9 @@ import sys
 import time
 
 import pytest
+from helpers import COGEO, HRO_COG, HRO_MASK, HRO_NODATA, HRO_PLAIN, cli, run_cli
 
-from conftest import COGEO, HRO_COG, HRO_MASK, HRO_NODATA, HRO_PLAIN, cli, run_cli
-from isprs_seg.grid import make_grid
+from isprs_seg.tiling.grid import make_grid
 
 FAST = ["--tile", "128", "--overlap", "64", "-q"]
 
@@ -147,6 +147,7 @@ def test_a_write_failure_midway_leaves_no_output(tmp_path, small_dir):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_neither_final_files_nor_temporaries(tmp_path, w48_dir):
     """Ctrl-C (130) and SIGTERM (143) in the middle of a run, in two processes at once."""
     runs = {}

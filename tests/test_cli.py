@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from helpers import HRO_NODATA, HRO_PLAIN, cli
 
-from conftest import HRO_NODATA, HRO_PLAIN, cli
 from isprs_seg.cli.progress import BatchProgress, duration
 
 

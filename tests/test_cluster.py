@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
-from conftest import HRO_NODATA, run_cli
+from helpers import HRO_NODATA, run_cli
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'isprs-seg[ray]')")
 
@@ -94,10 +93,11 @@ def _record(text: str) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_strips_on_two_workers_give_the_local_outputs_byte_for_byte(ray_address, odd_ortho, small_dir, local_outputs,
                                                                      tmp_path):
     from isprs_seg import InputOptions, extract_features, predict_raster
-    from isprs_seg.cluster import ModelLoad, RayEngine
+    from isprs_seg.runs.cluster import ModelLoad, RayEngine
 
     with RayEngine(ModelLoad(str(small_dir)), workers=2, strip_rows=STRIPS) as engine:
         result = predict_raster(odd_ortho, out_dir=tmp_path, engine=engine, probabilities=True, confidence="margin",
@@ -113,10 +113,12 @@ def test_strips_on_two_workers_give_the_local_outputs_byte_for_byte(ray_address,
         "the parts are removed after a success"
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_in_the_middle_of_a_strip_changes_nothing(ray_address, odd_ortho, small_dir,
                                                                     local_outputs, tmp_path, monkeypatch):
     from isprs_seg import predict_raster
-    from isprs_seg.cluster import FAULT_EXIT_ONCE, ModelLoad, RayEngine
+    from isprs_seg.runs.cluster import ModelLoad, RayEngine
+    from isprs_seg.testing.faults import FAULT_EXIT_ONCE
 
     marker = tmp_path / "crashed"
     monkeypatch.setenv(FAULT_EXIT_ONCE, str(marker))  # the workers inherit it: the first one exits once
@@ -129,6 +131,7 @@ def test_a_worker_that_dies_in_the_middle_of_a_strip_changes_nothing(ray_address
     _same_files(local_outputs, out, PREDICT_FILES)
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_with_the_strips_it_finished(ray_address, odd_ortho, small_dir, local_outputs,
                                                              tmp_path):
     args = ["predict", str(odd_ortho), "--out-dir", str(tmp_path), "--model", str(small_dir), *GRID, *PREDICT,
@@ -161,6 +164,7 @@ def test_a_killed_driver_resumes_with_the_strips_it_finished(ray_address, odd_or
     assert not manifest.parent.exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_on_a_private_cluster_reports_as_a_local_run(odd_ortho, small_dir, local_outputs, tmp_path):
     damaged = tmp_path / "damaged.tif"
     damaged.write_bytes(odd_ortho.read_bytes()[: odd_ortho.stat().st_size // 2])

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import ALPHA_MOSTLY_EMPTY, HRO_NODATA, HRO_PLAIN, cli
 
-from conftest import ALPHA_MOSTLY_EMPTY, HRO_NODATA, HRO_PLAIN, cli
-from isprs_seg import contract, dryrun
-from isprs_seg.options import FeatureOptions, InputOptions, RunOptions
-from isprs_seg.outputs import output_paths
-from isprs_seg.pipeline import extract_features, predict_raster
+from isprs_seg import contract
+from isprs_seg.api import extract_features, predict_raster
+from isprs_seg.io.outputs import output_paths
+from isprs_seg.options import InputOptions, RunOptions
+from isprs_seg.products import Features as FeatureOptions
+from isprs_seg.runs import dryrun
 
 
 @pytest.mark.parametrize("path, method, blend, tile, overlap", [

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import COGEO, HRO_ALPHA, ISPRS, cli, needs_data, whole_image, write_crop
 
-from conftest import COGEO, HRO_ALPHA, ISPRS, cli, needs_data, whole_image, write_crop
 from isprs_seg import contract
-from isprs_seg.evaluate import evaluate, near_other_class
-from isprs_seg.pipeline import predict_raster
+from isprs_seg.analysis.evaluate import evaluate, near_other_class
+from isprs_seg.api import predict_raster
 
 ISPRS_PAIRS = [ISPRS / "vaihingen" / "ann_dir" / "area1_0_0_512_512.png",
                ISPRS / "potsdam" / "ann_dir" / "2_10_0_0_512_512.png"]
@@ -159,7 +159,7 @@ def test_tta_flips_equals_the_average_over_flipped_images(tmp_path, small_model)
     src = write_crop(COGEO, tmp_path / "in.tif", 384, 512, row=100, col=200)  # sides multiple of 32
     with rasterio.open(src) as ds:
         raw = ds.read([1, 2])[None]
-    from isprs_seg.recipe import resolve_recipe
+    from isprs_seg.io.recipe import resolve_recipe
 
     with rasterio.open(src) as ds:
         recipe = resolve_recipe(ds)

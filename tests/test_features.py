@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import (
+    COGEO,
+    HRO_ALPHA,
+    HRO_PLAIN,
+    ZANZIBAR,
+    cli,
+    extended,
+    tall_input,
+    valid_mask,
+    whole_image,
+    without_georeference,
+    write_crop,
+)
 
-from conftest import COGEO, HRO_ALPHA, HRO_PLAIN, ZANZIBAR, cli, extended, tall_input, valid_mask, whole_image, \
-    without_georeference, write_crop
-from isprs_seg.pipeline import extract_features
+from isprs_seg.api import extract_features
 
 
 def _read_features(path):
@@ -63,6 +74,7 @@ def test_invalid_feature_pixels_are_nan_and_valid_ones_exact(tmp_path, small_mod
         assert np.isnan(out.nodata)
 
 
+@pytest.mark.slow
 def test_feature_memory_does_not_grow_with_image_height(tmp_path, small_model):
     # the shorter one is tall enough for every buffer to reach its steady size
     inputs = {h: tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 6144)}

@@ -10,10 +10,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import rasterio
+from helpers import COGEO, HRO_ALPHA, cli, valid_mask
 
-from conftest import COGEO, HRO_ALPHA, cli, valid_mask
 from isprs_seg import contract
-from isprs_seg.pipeline import extract_features, predict_raster
+from isprs_seg.api import extract_features, predict_raster
 
 
 def gdalinfo(path) -> str:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from isprs_seg.blend import StreamingAccumulator, argmax_planes, patch_window, ramp
-from isprs_seg.grid import make_grid
+from isprs_seg.tiling.blend import StreamingAccumulator, argmax_planes, patch_window, ramp
+from isprs_seg.tiling.grid import make_grid
 
 SIZES = [1, 31, 32, 100, 232, 383, 767, 768, 769, 1000, 1401, 2048, 5000]
 

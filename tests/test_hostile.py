@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 import rasterio
+from helpers import COGEO, HRO_PLAIN, cli, run_cli, write_crop
 
-from conftest import COGEO, HRO_PLAIN, cli, run_cli, write_crop
-from isprs_seg.pipeline import predict_raster
+from isprs_seg.api import predict_raster
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def silent_server():
         conn.close()
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_stuck_on_a_server_that_never_answers(tmp_path, small_dir, silent_server):
     process = subprocess.Popen(
         [sys.executable, "-m", "isprs_seg", "predict", silent_server, "--out-dir", str(tmp_path / "out"),
@@ -60,6 +61,7 @@ def test_ctrl_c_ends_a_run_stuck_on_a_server_that_never_answers(tmp_path, small_
     assert stdout == "" and not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_fails_the_input_after_a_timeout(tmp_path, small_dir, silent_server):
     out = tmp_path / "out"
     started = time.monotonic()
@@ -156,6 +158,7 @@ def test_running_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(tmp_p
         np.testing.assert_allclose(got.read(), want.read(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_that_needs_more_memory_than_the_limit_stops_first_and_says_what_fits(tmp_path, w48_dir):
     """Under ulimit -v TensorFlow crashes when it runs out: the run is refused before that."""
     import re

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import HRO_PLAIN, cli
 
 from isprs_seg.errors import OutputError
-from conftest import HRO_PLAIN, cli
-from isprs_seg import atomic
-from isprs_seg.atomic import atomic_outputs
-from isprs_seg.outputs import BlockRowWriter, output_paths
-from isprs_seg.raster import RowReader
+from isprs_seg.io import atomic
+from isprs_seg.io.atomic import atomic_outputs
+from isprs_seg.io.outputs import BlockRowWriter, output_paths
+from isprs_seg.io.raster import RowReader
 
 
 def _raster(path, data: np.ndarray, **profile):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli, run_cli
 
-from conftest import cli, run_cli
 from isprs_seg import contract
 from isprs_seg.errors import ModelError
-from isprs_seg.hub import cache_dir, default_handle
 from isprs_seg.model import load_model
+from isprs_seg.model.hub import cache_dir, default_handle
 from isprs_seg.testing.standins import make_archive
 
 
@@ -50,6 +50,7 @@ def test_small_standin_detection(small_model):
     assert small_model.predict(_images(1, 33, 47)).shape == (1, 33, 47, 7)
 
 
+@pytest.mark.slow
 def test_hrnet_w48_standin_has_the_real_interface_and_size(w48_dir):
     from isprs_seg.testing.hrnet import HRNetV2
 

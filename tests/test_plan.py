@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from isprs_seg.blend import patch_window, pool_valid
-from isprs_seg.engine import stream
-from isprs_seg.grid import make_grid
-from isprs_seg.plan import plan_batches, plan_patches, plan_strips, strip_batches
+from isprs_seg.tiling.blend import patch_window, pool_valid
+from isprs_seg.tiling.grid import make_grid
+from isprs_seg.tiling.plan import plan_batches, plan_patches, plan_strips, strip_batches
+from isprs_seg.tiling.stream import stream
 
 
 @pytest.mark.parametrize("shape", [(100, 150), (1000, 1401), (2048, 640), (31, 5000)])

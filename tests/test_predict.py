@@ -7,27 +7,27 @@ import tracemalloc
 import numpy as np
 import pytest
 import rasterio
-
-from conftest import (
+from helpers import (
     ALPHA_MOSTLY_EMPTY,
+    COGEO,
     HRO_ALPHA,
     HRO_EXTMASK,
     HRO_MASK,
     HRO_NODATA,
     HRO_PLAIN,
-    COGEO,
     ZANZIBAR,
-    extended,
     cli,
+    extended,
     tall_input,
     valid_mask,
     whole_image,
     without_georeference,
     write_crop,
 )
+
 from isprs_seg import contract
-from isprs_seg.grid import make_grid
-from isprs_seg.pipeline import predict_raster
+from isprs_seg.api import predict_raster
+from isprs_seg.tiling.grid import make_grid
 
 #: Real orthophotos at least 1000 px a side: shipped (0.6 m) and, in the extended set, 7.7 cm drone imagery.
 LARGE = [COGEO, extended(ZANZIBAR)]
@@ -137,7 +137,7 @@ class _CountingModel:
 
 
 def test_patches_without_valid_pixels_are_never_sent_to_the_model(tmp_path, small_model, monkeypatch):
-    import isprs_seg.pipeline as pipeline
+    import isprs_seg.runs.local as pipeline
 
     counting = _CountingModel(small_model)
     monkeypatch.setattr(pipeline, "Model", _CountingModel)  # accepted as a loaded model
@@ -157,6 +157,7 @@ def test_input_without_georeferencing_warns_and_writes_none(tmp_path, small_mode
         assert cls.crs is None and cls.transform.is_identity
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_image_height(tmp_path, small_model):
     """numpy memory (tracemalloc sees every array) on 2048 and 16384 rows of the same width."""
     inputs = {h: tall_input(tmp_path / f"tall{h}.tif", h) for h in (2048, 16384)}
@@ -194,8 +195,8 @@ def test_cli_writes_paths_to_stdout_and_continues_after_a_bad_input(tmp_path, sm
 
 
 def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, small_model, monkeypatch):
-    from isprs_seg import outputs
     from isprs_seg.errors import OutputError
+    from isprs_seg.io import outputs
 
     def fail(self):
         raise OutputError("No space left on device")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from helpers import COGEO, HRO_ALPHA, HRO_NODATA, HRO_PLAIN, NAIP, cli, valid_mask, without_georeference
 from rasterio.enums import ColorInterp
 
-from conftest import COGEO, HRO_ALPHA, HRO_NODATA, HRO_PLAIN, NAIP, cli, valid_mask, without_georeference
-from isprs_seg.pipeline import InputOptions, extract_features, predict_raster
-from isprs_seg.recipe import InputRecipe, resolve_recipe
+from isprs_seg.api import InputOptions, extract_features, predict_raster
+from isprs_seg.io.recipe import InputRecipe, resolve_recipe
+
 GEOMETRY = dict(tile=128, overlap=64)
 
 

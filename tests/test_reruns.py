@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import rasterio
+from helpers import HRO_NODATA, HRO_PLAIN, cli
 
-from conftest import HRO_NODATA, HRO_PLAIN, cli
-from isprs_seg.atomic import verify_complete
-from isprs_seg.provenance import SETTINGS_TAG
+from isprs_seg.io.atomic import verify_complete
+from isprs_seg.io.provenance import SETTINGS_TAG
 
 FAST = ["--tile", "128", "--overlap", "64", "-q"]
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.features
+from helpers import COGEO, HRO_ALPHA, cli
 
-from conftest import COGEO, HRO_ALPHA, cli
-from isprs_seg.pipeline import predict_raster
-from isprs_seg.vectorize import vectorize_raster
+from isprs_seg.analysis.vectorize import vectorize_raster
+from isprs_seg.api import predict_raster
 
 shapely = pytest.importorskip("shapely")
 pyogrio = pytest.importorskip("pyogrio")
@@ -98,6 +98,7 @@ def test_classes_min_area_and_simplify(tmp_path, class_rasters):
     assert info["layer_metadata"]["AREA_UNITS"] == "square metres"
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_height_of_the_raster(tmp_path, class_rasters):
     """Peak RSS of a fresh process, GEOS's own memory included, on 2,048 and 8,192 rows.
 
@@ -114,7 +115,7 @@ def test_memory_does_not_grow_with_the_height_of_the_raster(tmp_path, class_rast
         profile.update(height=height, driver="GTiff", tiled=True, blockxsize=256, blockysize=256)
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(np.tile(data, (height // 1024, 1))[None])
-        script = ("from isprs_seg.vectorize import vectorize_raster; "
+        script = ("from isprs_seg.analysis.vectorize import vectorize_raster; "
                   f"vectorize_raster({str(path)!r}, {str(tmp_path / f'p{height}.gpkg')!r}, band_rows=256); "
                   "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
         peaks[height] = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -12,6 +12,7 @@ error or the model could not be loaded; 128 + signal number when interrupted
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,8 @@ import signal
 import sys
 import traceback
 import warnings
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Iterator, NoReturn, Optional
 
 import typer
 
@@ -40,52 +42,66 @@ app.add_typer(model_app, name="model")
 EXIT_FAILED_INPUTS = 1
 EXIT_USAGE = 2
 
-_state = {"debug": False, "json": False}
+@dataclass
+class Settings:
+    """What the whole command line is told (``--debug``) and whether the command speaks JSON
+    (``--json``). Kept on Typer's context by the main callback; each command enters them
+    (:func:`entered`) and tells its notes and errors through them."""
+
+    debug: bool = False
+    json: bool = False
+
+    def error(self, message: str, record: dict | None = None, exception: BaseException | None = None) -> None:
+        """The one way an error is told: its traceback with --debug (when there is one), a
+        line on stderr, and with --json the error ``record`` on stdout (by default the batch
+        record of an error that ended the command)."""
+        if self.debug and exception is not None:
+            traceback.print_exception(exception)
+        print(f"isprs-seg: error: {message}", file=sys.stderr)
+        if self.json:
+            if record is None:
+                from ..runs.batch import ERROR, Record
+
+                record = Record(None, ERROR, error=message).as_dict()
+            print(json.dumps(record), flush=True)
+
+    def fail(self, message: str, code: int) -> NoReturn:
+        self.error(message)
+        raise typer.Exit(code)
+
+    @contextlib.contextmanager
+    def reported(self, code: int = EXIT_USAGE) -> Iterator[None]:
+        """Our errors as one line on stderr and an exit code (traceback with --debug)."""
+        try:
+            yield
+        except IsprsSegError as exc:
+            self.error(str(exc), exception=exc)
+            raise typer.Exit(code) from None
+
+    @contextlib.contextmanager
+    def notes(self, quiet: bool) -> Iterator[None]:
+        """Notes (``isprs-seg: ...``) and warnings on stderr for the length of one command."""
+        notes = logging.getLogger("isprs_seg")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("isprs-seg: %(message)s"))
+        saved = notes.level, notes.propagate, warnings.showwarning
+        notes.addHandler(handler)
+        notes.propagate = False
+        notes.setLevel(logging.WARNING if quiet else logging.INFO)
+        if not self.debug:
+            warnings.showwarning = lambda message, *args, **kwargs: print(f"isprs-seg: warning: {message}",
+                                                                          file=sys.stderr)
+        try:
+            yield
+        finally:
+            notes.removeHandler(handler)
+            notes.level, notes.propagate, warnings.showwarning = saved
 
 
-def _fail(message: str, code: int) -> None:
-    _say_error(message)
-    raise typer.Exit(code)
-
-
-def _say_error(message: str) -> None:
-    """An error that ends the command: a line on stderr and, with --json, one error record on stdout."""
-    print(f"isprs-seg: error: {message}", file=sys.stderr)
-    if _state["json"]:
-        from ..batch import ERROR, Record
-
-        print(json.dumps(Record(None, ERROR, error=message).as_dict()), flush=True)
-
-
-@contextlib.contextmanager
-def _reported(code: int = EXIT_USAGE) -> Iterator[None]:
-    """Turn our errors into one line on stderr and an exit code (traceback with --debug)."""
-    try:
-        yield
-    except IsprsSegError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        _fail(str(exc), code)
-
-
-@contextlib.contextmanager
-def _notes(quiet: bool) -> Iterator[None]:
-    """Notes (``isprs-seg: ...``) and warnings on stderr for the length of one command."""
-    notes = logging.getLogger("isprs_seg")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("isprs-seg: %(message)s"))
-    saved = notes.level, notes.propagate, warnings.showwarning
-    notes.addHandler(handler)
-    notes.propagate = False
-    notes.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not _state["debug"]:
-        warnings.showwarning = lambda message, *args, **kwargs: print(f"isprs-seg: warning: {message}",
-                                                                      file=sys.stderr)
-    try:
-        yield
-    finally:
-        notes.removeHandler(handler)
-        notes.level, notes.propagate, warnings.showwarning = saved
+def entered(ctx: typer.Context, as_json: bool = False) -> Settings:
+    """The settings a command runs with: those of the main callback, with its ``--json``."""
+    found = ctx.find_object(Settings)
+    return dataclasses.replace(found or Settings(), json=as_json)
 
 
 def _version(value: bool) -> None:
@@ -96,26 +112,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and TensorFlow's own log lines."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"], _state["json"] = debug, False
+    ctx.obj = Settings(debug=debug)
     if debug:
         os.environ["ISPRS_SEG_DEBUG"] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow is imported later, on first use
 
 
-MODEL_HELP = (
-    "TF Hub handle or URL, https://.../*.tar.gz, local SavedModel directory or .tar.gz.  "
-    f"[default: ${contract.MODEL_ENV_VAR}, else {contract.DEFAULT_MODEL}]"
-)
-
-
-def _load(handle: Optional[str], batch_size: int = contract.DEFAULT_BATCH_SIZE, device: Optional[str] = None,
-          precision: str = "float32", xla: bool = False):
+def _load(settings: Settings, handle: Optional[str], batch_size: int = contract.DEFAULT_BATCH_SIZE,
+          device: Optional[str] = None, precision: str = "float32", xla: bool = False):
     from ..model import load_model
 
-    with _reported(EXIT_USAGE):
+    with settings.reported(EXIT_USAGE):
         return load_model(handle, batch_size, device=device, precision=precision, xla=xla)
 
 
@@ -148,8 +159,9 @@ def _dispatch() -> int:
             print(exc.ctx.get_help())
             return 0
         where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        _state["json"] = "--json" in sys.argv[1:]  # the command line could not be parsed to say it
-        _say_error(f"{exc.format_message().rstrip('.')}{where}")
+        message = f"{exc.format_message().rstrip('.')}{where}"
+        # the command line could not be parsed to say whether --json was given: its words do
+        Settings(json="--json" in sys.argv[1:]).error(message)
         return EXIT_USAGE
     except Interrupted as exc:
         print(exc.message, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``--dry-run``: the forecast of each input (:mod:`isprs_seg.dryrun`), then a total."""
+"""``--dry-run``: the forecast of each input (:mod:`isprs_seg.runs.dryrun`), then a total."""
 
 from __future__ import annotations
 
@@ -6,25 +6,25 @@ import json
 import logging
 import shutil
 import sys
-import traceback
 from pathlib import Path
 from typing import Callable, List
 
-from . import EXIT_USAGE, _reported, _state
+from . import EXIT_USAGE, Settings
 
 #: Forecasts one input: (input, its outputs by role, the device) -> a Forecast.
 ForecastOne = Callable[[str, dict, str], object]
 
 
 def dry_run(paths: List[str], planned: List[dict], forecast_one: ForecastOne, device: str | None,
-            as_json: bool) -> int:
+            settings: Settings) -> int:
     """Print the forecast of every input (one JSON record each with ``as_json``); return
     how many could not be forecast. Nothing is written and no model is loaded."""
-    from ..batch import error_message
-    from ..dryrun import describe
-    from ..model import describe_device, resolve_device
+    from ..model.inference import describe_device, resolve_device
+    from ..runs.batch import error_message
+    from ..runs.dryrun import describe
 
-    with _reported(EXIT_USAGE):
+    as_json = settings.json
+    with settings.reported(EXIT_USAGE):
         device_name = describe_device(resolve_device(device))
     logging.getLogger("isprs_seg").info("dry run: forecasts for HRNetV2-W48 on %s, without loading the model; "
                                         "nothing is written", device_name)
@@ -34,12 +34,8 @@ def dry_run(paths: List[str], planned: List[dict], forecast_one: ForecastOne, de
             forecast = forecast_one(path, outputs, device_name)
         except Exception as exc:  # noqa: BLE001 - one bad input must not end the plan
             failed += 1
-            if _state["debug"]:
-                traceback.print_exception(exc)
             message = error_message(path, exc)
-            print(f"isprs-seg: error: {message}", file=sys.stderr)
-            if as_json:
-                print(json.dumps({"input": path, "status": "error", "error": message}), flush=True)
+            settings.error(message, {"input": path, "status": "error", "error": message}, exc)
             continue
         forecasts.append(forecast)
         if as_json:
@@ -52,7 +48,7 @@ def dry_run(paths: List[str], planned: List[dict], forecast_one: ForecastOne, de
 
 def _disk(forecasts: list, as_json: bool) -> None:
     """The outputs of all inputs against the free space where the first one goes."""
-    from ..dryrun import size_text
+    from ..runs.dryrun import size_text
 
     if not forecasts:
         return

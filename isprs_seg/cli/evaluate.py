@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _fail, _notes, _reported, _state, app
+from . import EXIT_FAILED_INPUTS, EXIT_USAGE, Settings, _examples, app, entered
 
 
-def _pairs(items: List[str]) -> list[tuple[str, str]]:
+def _pairs(items: List[str], settings: Settings) -> list[tuple[str, str]]:
     """``PRED LABELS``, or ``PRED=LABELS ...``; ``-`` reads such pairs from stdin, one per line."""
     if len(items) == 2 and not any("=" in item or item == "-" for item in items):
         return [(items[0], items[1])]
@@ -25,11 +24,11 @@ def _pairs(items: List[str]) -> list[tuple[str, str]]:
                 continue
             pred, sep, labels = line.partition("=") if "=" in line else line.partition(" ")
             if not sep or not pred.strip() or not labels.strip():
-                _fail(f"{line!r} is not a pair: give PRED.tif LABELS.tif, or PRED.tif=LABELS.tif for each pair",
+                settings.fail(f"{line!r} is not a pair: give PRED.tif LABELS.tif, or PRED.tif=LABELS.tif for each pair",
                       EXIT_USAGE)
             pairs.append((pred.strip(), labels.strip()))
     if not pairs:
-        _fail("no prediction and labels given", EXIT_USAGE)
+        settings.fail("no prediction and labels given", EXIT_USAGE)
     return pairs
 
 
@@ -39,6 +38,7 @@ def _pairs(items: List[str]) -> list[tuple[str, str]]:
     "isprs-seg evaluate ortho.classes.tif labels_rgb.tif --erode 0 --figure confusion.png",
 ))
 def evaluate(
+    ctx: typer.Context,
     items: List[str] = typer.Argument(..., metavar="PRED LABELS | PRED=LABELS...", show_default=False,
                                       hidden=True),
     erode: int = typer.Option(3, "--erode", metavar="PX",
@@ -63,38 +63,35 @@ def evaluate(
     PRED LABELS: a class raster and its labels (class ids, or ISPRS colours); several pairs as
     PRED=LABELS, or - to read such pairs from stdin, one per line.
     """
-    from ..evaluate import evaluate as score
-    from ..evaluate import figure as draw
-    from ..evaluate import table
+    from ..analysis.evaluate import evaluate as score
+    from ..analysis.evaluate import figure as draw
+    from ..analysis.evaluate import table
 
-    _state["json"] = as_json
-    with _notes(quiet):
-        pairs = _pairs(items)
+    settings = entered(ctx, as_json)
+    with settings.notes(quiet):
+        pairs = _pairs(items, settings)
         pooled, failed = None, 0
         for pred, labels in pairs:
             try:
                 result = score(pred, labels, erode=erode, ignore=ignore, labels_format=labels_format)
             except Exception as exc:  # noqa: BLE001 - one bad pair does not end the others
-                from ..batch import error_message
+                from ..runs.batch import error_message
 
                 failed += 1
-                if _state["debug"]:
-                    traceback.print_exc()
                 message = error_message(pred, exc)
-                print(f"isprs-seg: error: {message}", file=sys.stderr)
-                if as_json:
-                    print(json.dumps({"prediction": pred, "labels": labels, "status": "error", "error": message}))
+                record = {"prediction": pred, "labels": labels, "status": "error", "error": message}
+                settings.error(message, record, exc)
                 continue
             pooled = result if pooled is None else pooled + result
             print(json.dumps(result.as_dict() | {"status": "ok"}) if as_json else table(result), flush=True)
             if figure and "{stem}" in str(figure):
-                with _reported(EXIT_USAGE):
+                with settings.reported(EXIT_USAGE):
                     draw(result, Path(str(figure).replace("{stem}", Path(pred).name.rsplit(".", 1)[0])))
         if pooled is not None and len(pairs) > 1:
             print(json.dumps(pooled.as_dict() | {"status": "pooled"}) if as_json else "\n" + table(pooled),
                   flush=True)
         if figure and "{stem}" not in str(figure) and pooled is not None:
-            with _reported(EXIT_USAGE):
+            with settings.reported(EXIT_USAGE):
                 draw(pooled, figure)
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)

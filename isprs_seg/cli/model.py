@@ -9,18 +9,19 @@ from typing import Optional
 
 import typer
 
-from . import EXIT_USAGE, _examples, _load, _reported, model_app
+from . import EXIT_USAGE, _examples, _load, entered, model_app
 from .options import MODEL_HELP
 
 
 @model_app.command("info", epilog=_examples("isprs-seg model info", "isprs-seg model info --model isprs-hrnet/ --json"))
 def model_info(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="HANDLE", show_default=False,
                                         help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", show_default=False, help="Print one JSON object.  [default: off]"),
 ) -> None:
     """Load the model and describe it: source, calling convention, classes, features."""
-    info = _load(model).info()
+    info = _load(entered(ctx, as_json), model).info()
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -49,15 +50,16 @@ def model_info(
     "isprs-seg predict ortho.tif -o ortho.classes.tif --model isprs-hrnet/   # on the offline machine",
 ))
 def model_fetch(
+    ctx: typer.Context,
     to: Path = typer.Option(..., "--to", metavar="DIR", show_default=False,
                             help="Directory to create: pass it as --model on an offline machine."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="HANDLE", show_default=False,
                                         help=MODEL_HELP),
 ) -> None:
     """Download and unpack the model into a directory usable offline with --model DIR."""
-    from ..model import fetch_model
+    from ..model.inference import fetch_model
 
-    with _reported(EXIT_USAGE):
+    with entered(ctx).reported(EXIT_USAGE):
         fetched = fetch_model(model, to)
     print(to)
     print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)

@@ -16,14 +16,19 @@ from typing import Optional
 import typer
 
 from .. import contract
-from ..blend import BLEND_MODES
-from ..cluster import DEFAULT_STRIP_ROWS
-from ..options import FEATURE_DTYPES, PRECISIONS, PROBABILITY_DTYPES, TTA_MODES
+from ..options import BLEND_MODES, ENGINES, FEATURE_DTYPES, ON_ERROR, PRECISIONS, PROBABILITY_DTYPES, TTA_MODES
+from ..tiling.plan import DEFAULT_STRIP_ROWS
 
 MODEL_HELP = (
     "TF Hub handle or URL, https://.../*.tar.gz, local SavedModel directory or .tar.gz.  "
     f"[default: ${contract.MODEL_ENV_VAR}, else {contract.DEFAULT_MODEL}]"
 )
+
+
+def _unset(kind: type, flag: str, metavar: str, help: str) -> tuple:
+    """An option that is off unless given: its type and its declaration (no default shown:
+    the help says what happens without it)."""
+    return Optional[kind], typer.Option(None, flag, metavar=metavar, show_default=False, help=help)
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -35,18 +40,18 @@ Blend = _choices("Blend", BLEND_MODES)
 
 ProbabilityDtype = _choices("ProbabilityDtype", PROBABILITY_DTYPES)
 FeatureDtype = _choices("FeatureDtype", FEATURE_DTYPES)
-OnError = _choices("OnError", ("continue", "stop"))
+OnError = _choices("OnError", ON_ERROR)
 
 
 #: Options every processing command takes, by group: name -> (type, typer option).
 MODEL_OPTIONS = {
     "model": (Optional[str], typer.Option(None, "--model", "-m", metavar="HANDLE", help=MODEL_HELP,
                                           show_default=False)),
-    "device": (Optional[str], typer.Option(
-        None, "--device", metavar="DEVICE", show_default=False,
-        help="cpu, gpu, gpu:1 ...  [default: the first GPU if there is one, else the CPU]")),
-    "precision": (str, typer.Option("float32", "--precision", metavar="|".join(PRECISIONS),
-                                          help="mixed: automatic mixed precision (float16 on GPUs with tensor cores).")),
+    "device": _unset(str, "--device", "DEVICE",
+        "cpu, gpu, gpu:1 ...  [default: the first GPU if there is one, else the CPU]"),
+    "precision": (str, typer.Option(
+        "float32", "--precision", metavar="|".join(PRECISIONS),
+        help="mixed: automatic mixed precision (float16 on GPUs with tensor cores).")),
     "xla": (bool, typer.Option(False, "--xla", help="Compile the model call with XLA.  [default: off]",
                                show_default=False)),
 }
@@ -60,9 +65,8 @@ GRID_OPTIONS = {
         "taper", help="taper: smooth weights across overlaps; crop: only patch centres count.")),
 }
 INPUT_OPTIONS = {
-    "bands": (Optional[str], typer.Option(
-        None, "--bands", metavar="R,G[,B]", show_default=False,
-        help="1-based red and green (and blue) bands.  [default: from the colour interpretation, else 1,2,3]")),
+    "bands": _unset(str, "--bands", "R,G[,B]",
+        "1-based red and green (and blue) bands.  [default: from the colour interpretation, else 1,2,3]"),
     "recipe": (str, typer.Option(
         "pseudo-rgb", "--recipe", metavar="|".join(contract.RECIPES),
         help="pseudo-rgb: [R, G, (R+G)/2] as the model was trained; rgb: the three bands as they are.")),
@@ -70,17 +74,16 @@ INPUT_OPTIONS = {
         "auto", "--scale", metavar="auto|MAX|MIN,MAX",
         help="Raw values mapped to [0, 1]; auto: 8-bit /255, 16-bit by the bit depth found, float as [0, 1].")),
     "normalize": (str, typer.Option(
-        "unit", "--normalize", metavar="|".join(contract.NORMALIZATIONS), help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")),
-    "gsd": (Optional[float], typer.Option(
-        None, "--gsd", metavar="METRES", show_default=False,
-        help="Run the model at this ground sampling distance (trained at 0.05-0.09 m); outputs stay on the "
-             "input's grid.  [default: the input's own]")),
+        "unit", "--normalize", metavar="|".join(contract.NORMALIZATIONS),
+        help="unit: [0, 1] (model card); isprs: minus the ISPRS mean, over its std.")),
+    "gsd": _unset(float, "--gsd", "METRES",
+        "Run the model at this ground sampling distance (trained at 0.05-0.09 m); outputs stay on the "
+             "input's grid.  [default: the input's own]"),
 }
 BATCH_OPTIONS = {
-    "out_dir": (Optional[Path], typer.Option(
-        None, "--out-dir", metavar="DIR", show_default=False,
-        help="Write the outputs of each input into DIR, named after the input.  [default: none: give -o or "
-             "--out-dir; DIR is created if missing]")),
+    "out_dir": _unset(Path, "--out-dir", "DIR",
+        "Write the outputs of each input into DIR, named after the input.  [default: none: give -o or "
+             "--out-dir; DIR is created if missing]"),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", show_default=False,
                                  help="No progress and no notes; warnings, errors and skips stay.  [default: off]")),
     "as_json": (bool, typer.Option(False, "--json", show_default=False,
@@ -97,27 +100,23 @@ BATCH_OPTIONS = {
         "continue", "--on-error", help="After a failed input: continue with the next, or stop.")),
 }
 #: Described in each command's own text (Typer would print its Python type beside it).
-Engine = _choices("Engine", ("local", "ray"))
+Engine = _choices("Engine", ENGINES)
 
-#: Where the work runs: this process, or workers on Ray (:mod:`isprs_seg.cluster`).
+#: Where the work runs: this process, or workers on Ray (the engines of :mod:`isprs_seg.runs`).
 ENGINE_OPTIONS = {
     "engine": (Engine, typer.Option(
         "local", "--engine", help="local: this process; ray: Ray workers (every GPU of a server or a cluster), "
                                   "one raster in strips, the same outputs.")),
-    "ray_address": (Optional[str], typer.Option(
-        None, "--ray-address", metavar="ADDR|auto", show_default=False,
-        help="With --engine ray: attach to this Ray cluster (auto: the one this job runs in, as with ray job "
-             "submit).  [default: a private Ray cluster on this machine]")),
-    "workers": (Optional[int], typer.Option(
-        None, "--workers", metavar="N", show_default=False,
-        help="With --engine ray: workers, each loading the model once.  [default: one per GPU, else one]")),
-    "gpus_per_worker": (Optional[float], typer.Option(
-        None, "--gpus-per-worker", metavar="G", show_default=False,
-        help="With --engine ray: GPUs each worker takes.  [default: 1 where there are GPUs, else 0]")),
-    "cpus_per_worker": (Optional[float], typer.Option(
-        None, "--cpus-per-worker", metavar="C", show_default=False,
-        help="With --engine ray: CPUs each worker takes (and TensorFlow's threads on a CPU worker).  "
-             "[default: 1 with a GPU, else the CPUs shared among the workers]")),
+    "ray_address": _unset(str, "--ray-address", "ADDR|auto",
+        "With --engine ray: attach to this Ray cluster (auto: the one this job runs in, as with ray job "
+             "submit).  [default: a private Ray cluster on this machine]"),
+    "workers": _unset(int, "--workers", "N",
+        "With --engine ray: workers, each loading the model once.  [default: one per GPU, else one]"),
+    "gpus_per_worker": _unset(float, "--gpus-per-worker", "G",
+        "With --engine ray: GPUs each worker takes.  [default: 1 where there are GPUs, else 0]"),
+    "cpus_per_worker": _unset(float, "--cpus-per-worker", "C",
+        "With --engine ray: CPUs each worker takes (and TensorFlow's threads on a CPU worker).  "
+             "[default: 1 with a GPU, else the CPUs shared among the workers]"),
     "strip_rows": (int, typer.Option(
         DEFAULT_STRIP_ROWS, "--strip-rows", metavar="R",
         help="With --engine ray: rows per unit of work (a multiple of 512); the rows at each strip border cost "
@@ -130,42 +129,39 @@ PREDICT_OPTIONS = {
                                               "[default: off]")),
     "probabilities_dtype": (ProbabilityDtype, typer.Option("float32", "--probabilities-dtype",
                                                            help="float32, or uint8 scaled 0-255.")),
-    "confidence": (Optional[str], typer.Option(
-        None, "--confidence", metavar="max|margin", show_default=False,
-        help="Also write OUT.confidence.tif: the highest class probability (max) or its margin over the second "
-             "(margin), x 255.  [default: none]")),
+    "confidence": _unset(str, "--confidence", "max|margin",
+        "Also write OUT.confidence.tif: the highest class probability (max) or its margin over the second "
+             "(margin), x 255.  [default: none]"),
     "tta": (str, typer.Option("none", "--tta", metavar="|".join(TTA_MODES),
                               help="Test-time augmentation: average the probabilities over the 4 flips or the 8 "
                                    "rotations and reflections of each patch (4 or 8 times the cost).")),
     "cog": (bool, typer.Option(True, "--cog/--no-cog", show_default=False,
                                help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  "
                                     "[default: --cog]")),
-    "vector": (Optional[str], typer.Option(None, "--vector", metavar="CLASSES", show_default=False,
-                                           help="Also write polygons of these classes (building,car or all) to "
-                                                "OUT.polygons.gpkg, as vectorize does.  [default: none]")),
+    "vector": _unset(str, "--vector", "CLASSES",
+        "Also write polygons of these classes (building,car or all) to "
+                                                "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
 }
 FEATURE_OPTIONS = {
     "dtype": (FeatureDtype, typer.Option("float16", "--dtype", help="float16 (half precision on disk) or float32.")),
-    "pool": (Optional[str], typer.Option(
-        None, "--pool", metavar="SIZE", show_default=False,
-        help="Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
-             "OUT.pooled.gpkg.  [default: none]")),
-    "preview": (Optional[str], typer.Option(
-        None, "--preview", metavar="PNG", show_default=False,
-        help="Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  [default: none]")),
+    "pool": _unset(str, "--pool", "SIZE",
+        "Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
+             "OUT.pooled.gpkg.  [default: none]"),
+    "preview": _unset(str, "--preview", "PNG",
+        "Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  [default: none]"),
     "cog": (bool, typer.Option(False, "--cog/--no-cog", show_default=False,
                                help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
                                     "[default: --no-cog]")),
 }
 VECTOR_OPTIONS = {
-    "classes": (Optional[str], typer.Option(None, "--classes", metavar="NAMES", show_default=False,
-                                            help="Classes to keep, by name or number: building,car.  [default: all]")),
-    "min_area": (Optional[float], typer.Option(None, "--min-area", metavar="M2", show_default=False,
-                                               help="Drop polygons smaller than this, in square metres.  "
-                                                    "[default: keep all]")),
-    "simplify": (Optional[float], typer.Option(None, "--simplify", metavar="METRES", show_default=False,
-                                               help="Simplify each polygon with this tolerance, keeping it valid.  "
-                                                    "[default: none: pixel edges]")),
+    "classes": _unset(str, "--classes", "NAMES",
+        "Classes to keep, by name or number: building,car.  [default: all]"),
+    "min_area": _unset(float, "--min-area", "M2",
+        "Drop polygons smaller than this, in square metres.  "
+                                                    "[default: keep all]"),
+    "simplify": _unset(float, "--simplify", "METRES",
+        "Simplify each polygon with this tolerance, keeping it valid.  "
+                                                    "[default: none: pixel edges]"),
 }
 INPUTS = typer.Argument(..., metavar="INPUT", show_default=False, hidden=True)
 

@@ -32,14 +32,14 @@ def duration(seconds: float) -> str:
 
 
 class _LogLines:
-    """A :class:`isprs_seg.engine.Progress` that writes a plain line now and then."""
+    """A :class:`isprs_seg.tiling.stream.Progress` that writes a plain line now and then."""
 
     def __init__(self, label: str, total: int, stream: TextIO, every: float):
         self.label, self.total, self.stream, self.every = label, total, stream, every
         self.done = 0
         self.started = self.last = time.monotonic()
 
-    def __enter__(self) -> "_LogLines":
+    def __enter__(self) -> _LogLines:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,7 +74,7 @@ class BatchProgress:
         return prefix + Path(self.paths[index]).name
 
     def bar(self, index: int):
-        """The progress factory for input ``index`` (see :data:`isprs_seg.pipeline.ProgressFactory`)."""
+        """The progress factory for input ``index`` (see :data:`isprs_seg.runs.local.ProgressFactory`)."""
         label = self._label(index)
         if not self.interactive or self.quiet:
             return lambda total: _LogLines(label, total, self.stream, self.every if not self.quiet else float("inf"))

@@ -91,7 +91,7 @@ def run(command: Callable[[], int]) -> int:
 
 def _exit_now(interrupted: Interrupted, stderr: int) -> None:
     """Remove the temporaries in use and end the process without waiting for the worker."""
-    from ..atomic import remove_live_temporaries
+    from ..io.atomic import remove_live_temporaries
 
     remove_live_temporaries()
     for stream in (sys.stdout, sys.stderr):

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, _notes, _reported, _state, app
+from . import EXIT_FAILED_INPUTS, EXIT_USAGE, _examples, app, entered
 from .options import BATCH_OPTIONS, INPUTS, VECTOR_OPTIONS, command, output_option
 from .process import _expand_inputs, report
 
@@ -17,18 +17,18 @@ from .process import _expand_inputs, report
     "isprs-seg vectorize results/*.classes.tif --out-dir polygons/ --simplify 0.2",
 ), VECTOR_OPTIONS, BATCH_OPTIONS,
     inputs="INPUT: class rasters (from predict), or GDAL paths; - reads more paths from stdin, one per line.")
-def vectorize(inputs: List[str] = INPUTS, output: Optional[Path] = output_option("GeoPackage", "OUT.gpkg"),
-              **options) -> None:
+def vectorize(ctx: typer.Context, inputs: List[str] = INPUTS,
+              output: Optional[Path] = output_option("GeoPackage", "OUT.gpkg"), **options) -> None:
     """Turn class rasters into polygons: one per connected region of a class, holes kept, in the
     raster's CRS, with class id, class name and area (OUT.gpkg, or DIR/<stem>.polygons.gpkg)."""
-    from ..batch import plan_outputs, run_batch
-    from ..vectorize import expected_settings, require_vector, vectorize_raster
+    from ..analysis.vectorize import expected_settings, require_vector, vectorize_raster
+    from ..runs.batch import plan_outputs, run_batch
     from .progress import BatchProgress
 
     paths = _expand_inputs(inputs)
-    _state["json"] = options["as_json"]
-    with _notes(options["quiet"]):
-        with _reported(EXIT_USAGE):
+    settings = entered(ctx, options["as_json"])
+    with settings.notes(options["quiet"]):
+        with settings.reported(EXIT_USAGE):
             require_vector()
             planned = plan_outputs(paths, "polygons", output=output, out_dir=options["out_dir"])
         progress = BatchProgress(paths, options["quiet"])
@@ -40,6 +40,6 @@ def vectorize(inputs: List[str] = INPUTS, output: Optional[Path] = output_option
 
         records = run_batch(paths, planned, one, expected=lambda path: expected_settings(path, **chosen),
                             overwrite=options["overwrite"], stop_on_error=options["on_error"].value == "stop")
-        failed = report(records, paths, progress, options["as_json"])
+        failed = report(records, paths, progress, settings)
     if failed:
         raise typer.Exit(EXIT_FAILED_INPUTS)

@@ -27,6 +27,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+
 from .. import contract
 from .._tf import tensorflow
 

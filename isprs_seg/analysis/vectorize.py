@@ -23,12 +23,12 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from . import __version__
-from .atomic import atomic_outputs
-from .errors import InputError
-from .legend import class_ids, class_names
-from .outputs import check_outputs, output_paths
-from .raster import gdal_env, is_georeferenced, metres_per_pixel, open_input, read_validity
+from .. import __version__
+from ..errors import InputError
+from ..io.atomic import atomic_outputs
+from ..io.legend import class_ids, class_names
+from ..io.outputs import check_outputs, output_paths
+from ..io.raster import gdal_env, is_georeferenced, metres_per_pixel, open_input, read_validity
 
 #: Layer name of the polygons in the GeoPackage.
 LAYER = "polygons"
@@ -139,7 +139,7 @@ def vectorize_raster(
     else square CRS units). ``classes``: the classes to keep (names or ids, default all);
     ``min_area``: drop smaller polygons (m2); ``simplify``: tolerance in metres
     (topology-preserving, each polygon on its own). ``settings``: what the output records
-    as having produced it (see :mod:`isprs_seg.provenance`).
+    as having produced it (see :mod:`isprs_seg.io.provenance`).
     """
     started = time.perf_counter()
     require_vector()
@@ -184,7 +184,7 @@ def _metres_per_unit(src, min_area, simplify) -> float | None:
 
 
 def vector_settings(input, *, classes, min_area, simplify) -> dict:
-    """The settings a polygons output records (see :mod:`isprs_seg.provenance`)."""
+    """The settings a polygons output records (see :mod:`isprs_seg.io.provenance`)."""
     stat = os.stat(input) if os.path.exists(input) else None
     return {"polygons": {
         "software": f"isprs-seg {__version__}",

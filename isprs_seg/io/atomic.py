@@ -28,7 +28,7 @@ from typing import Iterator, Mapping
 import rasterio
 from rasterio.errors import RasterioIOError
 
-from .errors import OutputError, first_line
+from ..errors import OutputError, first_line
 
 log = logging.getLogger("isprs_seg")
 

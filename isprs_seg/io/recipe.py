@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.enums import ColorInterp, Resampling
 
-from . import contract
-from ._tf import tensorflow
-from .errors import InputError, IsprsSegWarning
+from .. import contract
+from .._tf import tensorflow
+from ..errors import InputError, InputWarning
 
 log = logging.getLogger("isprs_seg")
 
@@ -146,7 +146,7 @@ def _auto_scale(src, bands: tuple[int, ...]) -> tuple[float, float, str]:
             warnings.warn(
                 f"{src.name}: float values reach {top:g}, above the [0, 1] assumed for float data; "
                 "pass --scale MAX or MIN,MAX",
-                IsprsSegWarning,
+                InputWarning,
             )
         return 0.0, 1.0, "float data taken as [0, 1]"
     bits = next((b for b in _BIT_DEPTHS if top <= 2**b - 1), np.iinfo(dtype).bits)
@@ -173,7 +173,7 @@ def resolve_recipe(
         warnings.warn(
             f"{src.name}: band {alpha} is flagged as alpha but most of its values lie between 0 and "
             "the maximum (near-infrared, as in NAIP files?): it is not used as a mask",
-            IsprsSegWarning,
+            InputWarning,
         )
         mask = "nodata" if src.nodata is not None else "none"
         alpha = None
@@ -182,7 +182,7 @@ def resolve_recipe(
             warnings.warn(
                 f"{src.name} has a single band: it is read as grey (R = G = B); the model was "
                 "trained on colour and will do worse",
-                IsprsSegWarning,
+                InputWarning,
             )
         bands = _default_bands(src, recipe, alpha)
     else:
@@ -217,7 +217,7 @@ def _palette_recipe(src, bands: tuple[int, ...] | None, recipe: str, normalize: 
         if index < len(table):
             table[index] = colour[:3]
     warnings.warn(f"{src.name} is a colour-mapped (palette) image: its indices are read as the RGB colours of its "
-                  "colour table", IsprsSegWarning)
+                  "colour table", InputWarning)
     chosen = InputRecipe((1,), recipe, 0.0, 255.0, normalize, "dataset", table.tobytes())
     log.info("%s: %s (colour table)", src.name, chosen.describe())
     return chosen

@@ -17,12 +17,12 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import contract
-from .errors import InputError
+from .. import contract
+from ..errors import InputError
 
-#: Values per chunk the accumulator releases at most (see :class:`isprs_seg.blend.StreamingAccumulator`).
+#: Values per chunk the accumulator releases at most (see :class:`isprs_seg.tiling.blend.StreamingAccumulator`).
 _CHUNK_VALUES = 8_000_000
-#: GDAL's block cache in a run (see :data:`isprs_seg.raster.GDAL_SETTINGS`).
+#: GDAL's block cache in a run (see :data:`isprs_seg.io.raster.GDAL_SETTINGS`).
 _GDAL_CACHE = 64 * 2**20
 _MB = 2**20
 

@@ -6,14 +6,14 @@ patches of that list (the last one may be shorter). Both depend only on the geom
 never on the data or on timing, so any engine that runs the same batches gets the
 same numbers: the model's output for a patch may depend on the batch it is in, but
 the batches never change. Patches without a valid pixel are dropped from their batch
-when it is read (:mod:`isprs_seg.engine`); the other patches of that batch stay
+when it is read (:mod:`isprs_seg.tiling.stream`); the other patches of that batch stay
 together.
 
 Invariants (tested): every patch appears once, in row-major order; the batches,
 joined, are exactly that list; every batch but the last holds ``batch_size`` patches.
 
 A *strip* is a band of image rows ``[start, stop)`` that one worker of a distributed
-run computes (:mod:`isprs_seg.cluster`). It replays, in plan order, exactly the planned
+run computes (:mod:`isprs_seg.runs.cluster`). It replays, in plan order, exactly the planned
 batches that hold a patch touching its rows (:func:`strip_batches`), so every pixel of
 the strip receives the same patches, from the same batches, summed in the same order
 as in a run of the whole image: the strip's pixels are bit-identical to that run's.
@@ -77,6 +77,14 @@ def plan_batches(grid: Grid, batch_size: int) -> tuple[Batch, ...]:
     patches = plan_patches(grid)
     return tuple(patches[start : start + batch_size] for start in range(0, len(patches), batch_size))
 
+
+#: Rows per strip of a distributed run by default: a multiple of every output's block rows (512, and 64
+#: feature rows of 4 px), large enough that the patch rows recomputed at each strip
+#: border cost a few per cent (about 640 / rows with the default tile).
+DEFAULT_STRIP_ROWS = 10240
+
+#: Strips are a whole number of these rows, so that no output block straddles two strips.
+STRIP_MULTIPLE = 512
 
 def plan_strips(height: int, strip_rows: int) -> tuple[Strip, ...]:
     """Image rows ``[0, height)`` in strips of ``strip_rows`` (the last may be shorter)."""

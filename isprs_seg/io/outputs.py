@@ -3,7 +3,7 @@
 Outputs are referred to by role (``classes``, ``probabilities``, ``features``,
 ``pooled``, ``preview``). They are written in whole blocks of rows
 (:class:`BlockRowWriter`) so that compressed tiles are written once, under a temporary
-name that is renamed only when the output is complete (:mod:`isprs_seg.atomic`).
+name that is renamed only when the output is complete (:mod:`isprs_seg.io.atomic`).
 Knows nothing of the model.
 """
 
@@ -25,9 +25,9 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from ._native import native_stderr_captured
+from .._native import native_stderr_captured
+from ..errors import OutputError, first_line
 from .atomic import scratch, verify_complete
-from .errors import OutputError, first_line
 from .legend import pam_path, style_path
 
 #: Block side of every output GeoTIFF but feature rasters.
@@ -49,7 +49,7 @@ SUFFIXES = {
     "confidence": ".confidence.tif",
 }
 
-#: Files that go with the class raster, named after it (see :mod:`isprs_seg.legend`):
+#: Files that go with the class raster, named after it (see :mod:`isprs_seg.io.legend`):
 #: they are written and committed with it, but not listed among the outputs.
 COMPANIONS = {"categories": pam_path, "legend": style_path}
 

@@ -26,10 +26,10 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from . import contract
-from .errors import InputError
-from .legend import class_ids, class_names
-from .raster import gdal_env, is_georeferenced, open_input
+from .. import contract
+from ..errors import InputError
+from ..io.legend import class_ids, class_names
+from ..io.raster import gdal_env, is_georeferenced, open_input
 
 log = logging.getLogger("isprs_seg")
 
@@ -66,7 +66,7 @@ class Scores:
     matrix: np.ndarray
     ignored: tuple[int, ...] = ()
 
-    def __add__(self, other: "Scores") -> "Scores":
+    def __add__(self, other: Scores) -> Scores:
         return Scores(self.names, self.matrix + other.matrix, self.ignored)
 
     def metrics(self) -> dict:
@@ -111,7 +111,7 @@ class Evaluation:
     unpredicted: int = 0  # scored label pixels where the prediction is nodata
     notes: list[str] = field(default_factory=list)
 
-    def __add__(self, other: "Evaluation") -> "Evaluation":
+    def __add__(self, other: Evaluation) -> Evaluation:
         return Evaluation("pooled", "pooled", self.all + other.all, self.eroded + other.eroded, self.erode,
                           self.unpredicted + other.unpredicted)
 

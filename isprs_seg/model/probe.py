@@ -3,7 +3,7 @@
 Probe calls on a small textured image find out whether ``predict`` takes a 4-D tensor or
 a list of images (one or several per call), whether it returns probabilities or logits,
 how many classes it has and how many feature channels ``get_features`` gives. Every
-later batch is still checked by :class:`isprs_seg.model.Model` (the probe is small).
+later batch is still checked by :class:`isprs_seg.model.inference.Model` (the probe is small).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import contract
-from ._tf import tensorflow
-from .errors import ModelError, first_line
+from .. import contract
+from .._tf import tensorflow
+from ..errors import ModelError, first_line
 from .hub import ModelSource
 
 #: Side of the probe image used to detect the calling convention (a multiple of 32).

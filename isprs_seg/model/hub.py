@@ -7,7 +7,7 @@ A handle is one of
 - a local ``.tar.gz`` / ``.tgz`` / ``.tar`` archive of a SavedModel, unpacked once
   into the cache.
 
-Knows nothing of how the model is called (:mod:`isprs_seg.model`).
+Knows nothing of how the model is called (:mod:`isprs_seg.model.inference`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import contract
-from ._tf import tensorflow
-from .errors import ModelError, first_line
+from .. import contract
+from .._tf import tensorflow
+from ..errors import ModelError, first_line
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _OFFLINE_HINT = (

@@ -21,8 +21,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
-from . import contract
-from .errors import InputError
+from .. import contract
+from ..errors import InputError
 
 #: GDAL raster attribute table field types and usages (gdal.h: GDALRATFieldType, GDALRATFieldUsage).
 _INTEGER, _STRING = 0, 2

@@ -18,11 +18,11 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .blend import pool_valid
+from ..tiling.blend import pool_valid
 from .raster import metres_per_pixel, open_input, read_validity
 
 if TYPE_CHECKING:
-    from .engine import Sink
+    from ..tiling.stream import Sink
 
 
 class ResampledView:
@@ -75,8 +75,9 @@ class Regridder:
 
     Model-grid rows ``(first_row, values [C, n, w_model], valid [n, w_model])`` go into
     :meth:`add` in order (they are copied: the caller may reuse its arrays); finished
-    native rows go to ``consume`` in order, with the same signature. A native pixel is valid when its own input pixels are (``native_valid``)
-    and some model pixel around it is. Invalid model pixels get no interpolation weight.
+    native rows go to ``consume`` in order, with the same signature. A native pixel is
+    valid when its own input pixels are (``native_valid``) and some model pixel around it
+    is. Invalid model pixels get no interpolation weight.
     """
 
     #: Values per temporary array while interpolating (bounds memory for 720 channels).
@@ -149,7 +150,7 @@ class RegriddedSink:
     engine's blend thread while the reader thread reads the view.
     """
 
-    def __init__(self, src, view: ResampledView, mask: str, stride: int, inner: "Sink"):
+    def __init__(self, src, view: ResampledView, mask: str, stride: int, inner: Sink):
         self.src, self.mask, self.stride, self.inner = src, mask, stride, inner
         self.regridder = Regridder(
             (-(-src.height // stride), -(-src.width // stride)),
@@ -159,7 +160,7 @@ class RegriddedSink:
 
     @classmethod
     @contextlib.contextmanager
-    def opened(cls, view: ResampledView, mask: str, stride: int, inner: "Sink"):
+    def opened(cls, view: ResampledView, mask: str, stride: int, inner: Sink):
         with open_input(view.src.name) as src:
             yield cls(src, view, mask, stride, inner)
 

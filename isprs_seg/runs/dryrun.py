@@ -15,7 +15,7 @@ The model is not loaded, so the forecast is for the published HRNetV2-W48
   down to that many pixels (the file's overviews when it has them);
 - output sizes are uncompressed, an upper bound (DEFLATE usually does much better),
   with a third more for the overviews of Cloud Optimized GeoTIFFs;
-- the host memory is :func:`isprs_seg.memory.estimate` from what a process uses with
+- the host memory is :func:`isprs_seg.runs.memory.estimate` from what a process uses with
   the model loaded on the CPU (:data:`isprs_seg.contract.MODEL_LOADED_RESIDENT`);
 - the time counts only the model (the host side keeps up on a CPU; see the README on
   GPU servers) and assumes CPU speed grows linearly with the cores.
@@ -30,17 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract
-from .blend import weighted_extent
-from .embeddings import pool_cell
-from .grid import Grid
+from .. import contract
+from ..io.outputs import listed
+from ..io.raster import RasterView, gdal_env, open_input, validity_overview
+from ..model.inference import TTA
+from ..options import InputOptions, RunOptions
+from ..products import Classes, Features, Product
+from ..products.embeddings import pool_cell
+from ..tiling.blend import weighted_extent
+from ..tiling.grid import Grid
+from ..tiling.plan import plan_patches
+from .job import prepare_job
 from .memory import Estimate, Layout, estimate, patch_shape
-from .model import TTA
-from .outputs import listed
-from .options import FeatureOptions, InputOptions, RunOptions
-from .pipeline import RunKind, features_kind, predict_kind, prepare_job
-from .plan import plan_patches
-from .raster import RasterView, gdal_env, open_input, validity_overview
 
 #: Images up to this many pixels have their skipped patches counted exactly.
 EXACT_PIXELS = 4096 * 4096
@@ -158,13 +159,13 @@ def _speed(device: str) -> tuple[float, str] | None:
     return None
 
 
-def forecast(input: str | os.PathLike, finals: dict[str, Path], kind: RunKind, options: RunOptions,
-             reading: InputOptions, device: str, settings: dict) -> Forecast:
-    """The forecast of one run of ``kind`` writing ``finals`` (outputs by role, as the
+def forecast(input: str | os.PathLike, finals: dict[str, Path], product: Product, options: RunOptions,
+             reading: InputOptions, device: str) -> Forecast:
+    """The forecast of one run making ``product`` into ``finals`` (outputs by role, as the
     run would name them) on ``device`` (``CPU`` or a GPU as
-    :func:`isprs_seg.model.describe_device` names it). ``settings``: the command's
-    own options that change sizes (``probabilities_dtype``, ``dtype``, ``pool``, ``cog``,
-    ``tta``)."""
+    :func:`isprs_seg.model.inference.describe_device` names it), for HRNetV2-W48."""
+    kind = product.kind(finals)
+    settings = {**product.size_settings(), "tta": options.tta}
     channels = len(contract.CLASSES) if kind.method == "predict" else contract.FEATURE_CHANNELS
     on_gpu = device.startswith("GPU")
     with gdal_env(), open_input(input) as src:
@@ -203,17 +204,15 @@ def forecast(input: str | os.PathLike, finals: dict[str, Path], kind: RunKind, o
 
 def forecast_predict(input, finals: dict[str, Path], options: RunOptions, reading: InputOptions, device: str, *,
                      probabilities_dtype: str = "float32", cog: bool = True) -> Forecast:
-    """:func:`forecast` of :func:`isprs_seg.pipeline.predict_raster` with these settings."""
-    kind = predict_kind("probabilities" in finals, probabilities_dtype)
-    settings = {"probabilities_dtype": probabilities_dtype, "cog": cog, "tta": options.tta}
-    return forecast(input, finals, kind, options, reading, device, settings)
+    """:func:`forecast` of :func:`isprs_seg.api.predict_raster` with these settings."""
+    product = Classes("probabilities" in finals, probabilities_dtype, cog=cog)
+    return forecast(input, finals, product, options, reading, device)
 
 
 def forecast_features(input, finals: dict[str, Path], options: RunOptions, reading: InputOptions, device: str,
-                      features: FeatureOptions) -> Forecast:
-    """:func:`forecast` of :func:`isprs_seg.pipeline.extract_features` with these settings."""
-    settings = {"dtype": features.dtype, "pool": features.pool, "cog": features.cog}
-    return forecast(input, finals, features_kind(), options, reading, device, settings)
+                      features: Features) -> Forecast:
+    """:func:`forecast` of :func:`isprs_seg.api.extract_features` with these settings."""
+    return forecast(input, finals, features, options, reading, device)
 
 
 def size_text(n: int | None) -> str:

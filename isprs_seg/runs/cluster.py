@@ -1,14 +1,14 @@
 """Running on Ray: every GPU of a server or a cluster on one raster, strip by strip.
 
-The unit of work is a strip of image rows (:func:`isprs_seg.plan.plan_strips`). A
+The unit of work is a strip of image rows (:func:`isprs_seg.tiling.plan.plan_strips`). A
 worker is a Ray actor that loads the model once and computes strips with
-:func:`isprs_seg.pipeline.run`: each strip replays exactly the planned batches that
+:func:`isprs_seg.runs.local.run`: each strip replays exactly the planned batches that
 touch its rows, so its pixels are bit-identical to those of a run on one machine, and
 writes them as part files in a directory beside the main output, ``.<name>.parts``
 (on storage every node reads, on a cluster). The driver, this process, never imports
 TensorFlow: it plans, hands strips to the workers, records each finished strip in the
 directory's manifest, and joins the parts into the outputs a local run writes
-(:func:`isprs_seg.pipeline.assemble`); the parts are removed after a success.
+(:func:`isprs_seg.runs.local.assemble`); the parts are removed after a success.
 
 Failures: a worker that dies is restarted by Ray and its strip computed again (strips
 are written under temporary names and renamed, so a retry is harmless). An error in
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import pickle
@@ -33,36 +31,28 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import EngineError, InputError, IsprsSegError, ModelError, OutputError, first_line
-from .engine import NoProgress
-from .plan import Strip, plan_strips
+import rasterio
 
-if TYPE_CHECKING:
-    from .pipeline import ModelFacts, RunResult, RunSpec
+from .. import __version__
+from ..errors import EngineError, InputError, IsprsSegError, ModelError, first_line
+from ..io.outputs import check_outputs
+from ..io.raster import gdal_env, open_input
+from ..products import Product
+from ..tiling.plan import DEFAULT_STRIP_ROWS, STRIP_MULTIPLE, Strip, plan_strips
+from ..tiling.stream import NoProgress
+from .engine import ModelFacts, ProgressFactory, RunResult, RunSpec
+from .job import prepare_job
+from .local import assemble
+from .manifest import Manifest, absolute, identity, parts_dir, synced_digest
 
 log = logging.getLogger("isprs_seg")
-
-#: Rows per strip by default: a multiple of every output's block rows (512, and 64
-#: feature rows of 4 px), large enough that the patch rows recomputed at each strip
-#: border cost a few per cent (about 640 / rows with the default tile).
-DEFAULT_STRIP_ROWS = 10240
-
-#: Strips are a whole number of these rows, so that no output block straddles two strips.
-STRIP_MULTIPLE = 512
 
 #: Raster outputs a strip writes as parts; the other outputs are made from the joined rasters.
 PART_ROLES = ("classes", "probabilities", "confidence", "features")
 
 #: Environment variables passed to the workers (settings of this tool: cache, fault injection for tests).
 _FORWARDED_PREFIX = "ISPRS_SEG_"
-
-#: Test hook: a path; the first worker to reach the middle of a strip while it does not
-#: exist creates it and exits at once, as a crashing worker would.
-FAULT_EXIT_ONCE = "ISPRS_SEG_FAULT_EXIT_ONCE"
-
 
 def import_ray():
     try:
@@ -74,7 +64,7 @@ def import_ray():
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """How each worker loads the model (the arguments of :func:`isprs_seg.model.load_model`)."""
+    """How each worker loads the model (the arguments of :func:`isprs_seg.model.inference.load_model`)."""
 
     handle: str | None = None
     batch_size: int | None = None
@@ -88,9 +78,9 @@ class StripWorker:
     """One worker: the model loaded once, strips computed on demand (a Ray actor)."""
 
     def __init__(self, load: ModelLoad):
-        from . import contract
-        from ._tf import tensorflow
-        from .model import load_model
+        from .. import contract
+        from .._tf import tensorflow
+        from ..model.inference import load_model
 
         tf = tensorflow()
         if load.threads:
@@ -103,59 +93,27 @@ class StripWorker:
         except IsprsSegError as exc:  # said by describe: a worker that cannot load is not a dead worker
             self.error = exc
 
-    def describe(self, command: str) -> tuple["ModelFacts", dict]:
+    def describe(self, product: Product) -> tuple[ModelFacts, dict]:
         """The model's description for the driver, after the check a local run makes."""
-        from .pipeline import ModelFacts
-
         if self.error is not None:
             raise self.error
-        self.model.check_for(command)
+        product.check_model(self.model)
         return ModelFacts.of(self.model), {"tensorflow": self.tensorflow}
 
-    def strip(self, spec: "RunSpec", strip: Strip, parts: dict[str, Path]):
+    def strip(self, spec: RunSpec, strip: Strip, parts: dict[str, Path]):
         """Compute ``strip`` into ``parts``: ("ok", result, sha256 by role) or ("error", exception)."""
-        from .pipeline import run
+        from ..testing.faults import progress_for_strips
+        from .local import run
 
         try:
-            result = run(spec, self.model, _FaultInjection if os.environ.get(FAULT_EXIT_ONCE) else None,
-                         strip=strip, parts=parts)
-            return "ok", result, {role: _synced_digest(path) for role, path in parts.items()}
+            result = run(spec, self.model, progress_for_strips(), strip=strip, parts=parts)
+            return "ok", result, {role: synced_digest(path) for role, path in parts.items()}
         except Exception as exc:  # noqa: BLE001 - handed to the driver, which reports it as a local run would
             try:
                 pickle.dumps(exc)
             except Exception:  # noqa: BLE001 - whatever cannot travel goes as its message
                 exc = IsprsSegError(str(exc))
             return "error", exc
-
-
-class _FaultInjection(NoProgress):
-    """A progress display that makes the worker exit in the middle of its first strip (tests)."""
-
-    def update(self, n: int = 1) -> None:
-        try:
-            with open(os.environ[FAULT_EXIT_ONCE], "x"):
-                pass
-        except FileExistsError:
-            return
-        os._exit(1)
-
-
-def _digest(path: Path, sync: bool = False) -> str | None:
-    """``sha256:`` of a file (None when it cannot be read); ``sync``: make sure it is on disk first."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            if sync:
-                os.fsync(f.fileno())
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return "sha256:" + digest.hexdigest()
-
-
-def _synced_digest(path: Path) -> str:
-    return _digest(path, sync=True)
 
 
 def check_supported(gsd: bool, pool: bool, preview: bool) -> None:
@@ -166,85 +124,8 @@ def check_supported(gsd: bool, pool: bool, preview: bool) -> None:
                          "--engine ray yet; use --engine local")
 
 
-def _absolute(path: str) -> str:
-    """A local file as an absolute path; GDAL paths (/vsi..., URLs) as they are."""
-    return str(Path(path).absolute()) if Path(path).exists() else path
-
-
-def _identity(path: str) -> list | None:
-    """Size and modification time of a local input: strips of a changed file are not kept."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return [info.st_size, info.st_mtime_ns]
-
-
-def parts_dir(spec: "RunSpec") -> Path:
-    """Where the strips of ``spec`` are written: beside its main output."""
-    main = next(reversed(spec.finals.values()))
-    return main.with_name(f".{main.name}.parts")
-
-
-class Manifest:
-    """The parts directory's record: a header line (what the strips are of), then one
-    line per finished strip, appended and synced as each one arrives."""
-
-    NAME = "manifest.jsonl"
-
-    def __init__(self, directory: Path, header: dict):
-        self.directory, self.header = directory, header
-        self.path = directory / self.NAME
-
-    def kept(self, overwrite: bool, input: str) -> dict[int, tuple[dict[str, Path], dict]]:
-        """The strips of an earlier run to keep: by strip index, their parts and result fields.
-
-        A directory without a readable manifest, or one whose header differs with
-        ``overwrite``, is emptied; a header that differs without ``overwrite`` is refused.
-        """
-        lines = []
-        try:
-            text = self.path.read_text() if self.path.exists() else ""
-        except OSError:
-            text = ""
-        for line in text.splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:  # a line cut short by a crash: what follows it cannot be trusted
-                break
-        if lines and lines[0] != self.header:
-            if not overwrite:
-                differ = sorted(k for k in self.header.keys() | lines[0].keys() if self.header.get(k) != lines[0].get(k))
-                raise OutputError(
-                    f"{self.directory} holds strips of {input} made by another run (different {', '.join(differ)}); "
-                    "use --overwrite to discard them")
-            lines = []
-        if not lines:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory.mkdir(parents=True)
-            self._append(self.header)
-            return {}
-        kept = {}
-        for entry in lines[1:]:
-            parts = {role: self.directory / name for role, name in entry["files"].items()}
-            if all(_digest(path) == entry["sha256"][role] for role, path in parts.items()):
-                kept[entry["strip"]] = (parts, entry["result"])
-        return kept
-
-    def add(self, strip: Strip, parts: dict[str, Path], digests: dict[str, str], result: "RunResult") -> None:
-        self._append({"strip": strip.index, "rows": [strip.start, strip.stop],
-                      "files": {role: path.name for role, path in parts.items()}, "sha256": digests,
-                      "result": dataclasses.asdict(result)})
-
-    def _append(self, entry: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 class RayEngine:
-    """Runs :class:`isprs_seg.pipeline.RunSpec` s on Ray workers, strip by strip.
+    """The :class:`isprs_seg.runs.engine.Engine` of Ray: each run on Ray's workers, strip by strip.
 
     ``address``: None starts a private Ray cluster on this machine; ``"auto"`` or
     ``host:port`` attach to a running one (a Python caller that already called
@@ -272,12 +153,12 @@ class RayEngine:
         self.ray = None
         self.owned = False  # the Ray connection is this engine's to close
         self.actors: list = []
-        self.facts: dict[str, tuple["ModelFacts", dict]] = {}
+        self.facts: dict[str, tuple[ModelFacts, dict]] = {}
         self.started_in = 0.0
         self._answers: list = []
 
     # -- the cluster -----------------------------------------------------------------
-    def start(self) -> "RayEngine":
+    def start(self) -> RayEngine:
         """Connect (or start the private cluster) and start the workers, each loading the model."""
         if self.ray is not None:
             return self
@@ -326,14 +207,15 @@ class RayEngine:
         self._started, self._shape = started, (workers, per_cpu, per_gpu)
 
 
-    def describe(self, command: str) -> "ModelFacts":
-        """The workers' model, checked for ``command`` as a local run checks it (the first
+    def describe(self, product: Product) -> ModelFacts:
+        """The workers' model, checked for ``product`` as a local run checks it (the first
         call waits for every worker to have loaded it)."""
+        command = product.command
         if command not in self.facts:
             self.start()
             ray = self.ray
             try:
-                answers = ray.get([actor.describe.remote(command) for actor in self.actors])
+                answers = ray.get([actor.describe.remote(product) for actor in self.actors])
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, IsprsSegError):
@@ -368,39 +250,35 @@ class RayEngine:
                 self.ray.shutdown()
             self.ray, self.actors = None, []
 
-    def __enter__(self) -> "RayEngine":
+    def __enter__(self) -> RayEngine:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # -- one run -----------------------------------------------------------------------
-    def run(self, spec: "RunSpec", progress=None) -> "RunResult":
+    def run(self, spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
         """Run ``spec`` on the workers; the same outputs and result as a local run."""
-        import rasterio
-
-        from .outputs import check_outputs
-        from .pipeline import RunResult, assemble, prepare_job
-        from .raster import gdal_env, open_input
-
         started = time.perf_counter()
         check_supported(bool(spec.reading.gsd), "pooled" in spec.finals, "preview" in spec.finals)
         check_outputs(spec.input, spec.finals)
-        facts = self.describe(spec.command)
+        facts = self.describe(spec.product)
         with gdal_env(), open_input(spec.input) as src:
             job = prepare_job(src, spec.options, spec.reading, facts.batch_size)
             patches = len(job.grid)
         strips = plan_strips(job.grid.height, self.strip_rows)
         directory = parts_dir(spec).absolute()
         # the workers' view: absolute paths (their working directory is not this one)
-        worker_spec = dataclasses.replace(spec, input=_absolute(spec.input),
+        worker_spec = dataclasses.replace(spec, input=absolute(spec.input),
                                           finals={role: path.absolute() for role, path in spec.finals.items()})
         header = {
-            "input": spec.input, "input_file": _identity(spec.input), "devices": self.devices(), "width": job.grid.width, "height": job.grid.height,
+            "input": spec.input, "input_file": identity(spec.input), "devices": self.devices(),
+            "width": job.grid.width, "height": job.grid.height,
             "tile": spec.options.tile, "overlap": spec.options.overlap, "blend": spec.options.blend,
             "batch_size": job.batch_size, "strip_rows": self.strip_rows, "patches": patches,
             "model": facts.digest, "settings": spec.record(facts), "recipe": job.recipe.describe(),
-            "versions": {"isprs-seg": __version__, "gdal": rasterio.__gdal_version__, **self.facts[spec.command][1]},
+            "versions": {"isprs-seg": __version__, "gdal": rasterio.__gdal_version__,
+                         **self.facts[spec.product.command][1]},
         }
         manifest = Manifest(directory, header)
         kept = manifest.kept(self.overwrite, spec.input)

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from .errors import InputError, IsprsSegError, OutputError, first_line
-from .outputs import check_output_path, listed, output_paths
-from .provenance import existing_outputs
+from ..errors import InputError, IsprsSegError, OutputError, first_line
+from ..io.outputs import check_output_path, listed, output_paths
+from ..io.provenance import existing_outputs
 
 log = logging.getLogger("isprs_seg")
 
@@ -29,7 +29,7 @@ def plan_outputs(
     output: str | Path | None = None, out_dir: str | Path | None = None, given: dict | None = None,
     create: bool = True,
 ) -> list[dict[str, Path]]:
-    """The outputs of each input by role (see :func:`isprs_seg.outputs.output_paths`).
+    """The outputs of each input by role (see :func:`isprs_seg.io.outputs.output_paths`).
 
     ``given`` as there, the same for every input (use ``{stem}`` to tell them apart).
     Everything that would make the batch go wrong is refused here, before any work:
@@ -146,11 +146,11 @@ def run_batch(
     """Run ``work`` for each input and yield its record as soon as it is known.
 
     ``expected``: the settings of this run by output role
-    (:func:`isprs_seg.provenance.run_settings`), or a function of the input that gives
+    (:func:`isprs_seg.io.provenance.run_settings`), or a function of the input that gives
     them. Unless ``overwrite``, an input whose
     outputs all exist, are complete and were made with these settings is skipped, and
     one with an output made with other settings fails with a sentence saying which
-    (:func:`isprs_seg.provenance.existing_outputs`); incomplete outputs are made again
+    (:func:`isprs_seg.io.provenance.existing_outputs`); incomplete outputs are made again
     with a note. A failure is recorded and the batch goes on (unless
     ``stop_on_error``); KeyboardInterrupt and other BaseExceptions end it. ``fields``:
     values every record starts with.

@@ -3,7 +3,7 @@
 Knows nothing of rasters: it takes batches of float32 images ``[n, h, w, 3]`` in the
 model's input space (or raw patches with an input recipe applied inside the call) and
 returns class probabilities or feature maps as numpy arrays. Where a handle leads is
-:mod:`isprs_seg.hub`'s business, and how to call it is found by :mod:`isprs_seg.probe`.
+:mod:`isprs_seg.model.hub`'s business, and how to call it is found by :mod:`isprs_seg.model.probe`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import contract
-from ._tf import tensorflow
-from .errors import ModelError, first_line
+from .. import contract
+from .._tf import tensorflow
+from ..errors import ModelError, first_line
+from ..options import PRECISIONS
 from .hub import DamagedCache, ModelSource, check_destination, copy_saved_model, forget, resolve, saved_model_digest
-from .options import PRECISIONS
 from .probe import detect, find_method, invoke
 
 log = logging.getLogger("isprs_seg")
@@ -95,7 +95,7 @@ class Model:
             "methods": dict(self.methods),
             "output": "probabilities" if self.outputs_probabilities else "logits (softmax applied)",
             "classes": [
-                {"index": i, "name": n, "color": "#%02x%02x%02x" % c}
+                {"index": i, "name": n, "color": "#{:02x}{:02x}{:02x}".format(*c)}
                 for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))
             ],
             "digest": self.digest,
@@ -113,7 +113,7 @@ class Model:
         """Class probabilities ``[n, h, w, classes]``.
 
         ``images``: float32 model input ``[n, h, w, 3]``; or, with ``prepare`` (an
-        :class:`isprs_seg.recipe.InputRecipe`), raw patches ``[n, bands, h, w]`` of any
+        :class:`isprs_seg.io.recipe.InputRecipe`), raw patches ``[n, bands, h, w]`` of any
         dtype that ``prepare.to_model`` turns into model input inside the TensorFlow
         call (the host hands over compact integers and does no per-pixel work).
         ``tta``: test-time augmentation, ``flips`` (the four flips) or ``d4`` (the eight
@@ -129,8 +129,7 @@ class Model:
 
     def check_features(self) -> None:
         """Raise the clear error for a model without ``get_features``."""
-        if self.feature_channels is None:
-            raise ModelError(f"model {self.handle} has no get_features method, so it cannot produce features")
+        require_features(self)
 
     def weighted(self, method: str, raw: np.ndarray, weights: np.ndarray, batch_size: int | None = None,
                  prepare=None, tta: str | None = None) -> np.ndarray:
@@ -153,20 +152,6 @@ class Model:
         height, width = (sample.shape[2:4] if prepare is not None else sample.shape[1:3])
         self._run(method, sample[:1], batch_size, prepare, tta, np.ones((1, -(-height // side), -(-width // side)),
                                                                         np.float32))
-
-    def check_for(self, command: str) -> None:
-        """Raise the clear error when the model cannot serve ``command`` (``predict`` or ``features``)."""
-        if command == "features":
-            self.check_features()
-        else:
-            self.check_classes()
-
-    def check_classes(self) -> None:
-        """Raise the clear error for a model with more classes than a class raster holds."""
-        if self.num_classes > contract.CLASS_NODATA:
-            raise ModelError(
-                f"model {self.handle} has {self.num_classes} classes, more than the {contract.CLASS_NODATA} a class "
-                f"raster holds (values 0-{contract.CLASS_NODATA - 1}; {contract.CLASS_NODATA} marks nodata)")
 
     def _run(self, method: str, images: np.ndarray, batch_size: int | None, prepare, tta: str | None = None,
              weights: np.ndarray | None = None) -> np.ndarray:
@@ -218,7 +203,8 @@ class Model:
             raise ModelError(f"model {self.handle} returned {what} of shape {list(shape)} for patches of "
                              f"{height} x {width} px; expected {list(expected)}")
         if not finite:
-            raise ModelError(f"model {self.handle} returned NaN or infinite {what} for patches of {height} x {width} px")
+            raise ModelError(
+                f"model {self.handle} returned NaN or infinite {what} for patches of {height} x {width} px")
 
     def _call(self, method: str, prepare=None, tta: str | None = None, weighted: bool = False):
         key = (method, prepare.graph_key if prepare is not None else None, tta, weighted)
@@ -292,6 +278,21 @@ def _untransform(y, reflect: bool, k: int):
     tf = tensorflow()
     y = tf.image.rot90(y, 4 - k) if k else y
     return tf.reverse(y, [2]) if reflect else y
+
+
+def require_features(model) -> None:
+    """Raise the clear error when ``model`` (a :class:`Model` or a description of one with
+    the same attributes) has no ``get_features``."""
+    if model.feature_channels is None:
+        raise ModelError(f"model {model.handle} has no get_features method, so it cannot produce features")
+
+
+def require_class_raster(model) -> None:
+    """Raise the clear error when ``model`` has more classes than a class raster holds."""
+    if model.num_classes > contract.CLASS_NODATA:
+        raise ModelError(
+            f"model {model.handle} has {model.num_classes} classes, more than the {contract.CLASS_NODATA} a class "
+            f"raster holds (values 0-{contract.CLASS_NODATA - 1}; {contract.CLASS_NODATA} marks nodata)")
 
 
 def describe_device(device: str | None) -> str:
@@ -370,7 +371,7 @@ def load_model(
                  **detected)
 
 
-def fetch_model(handle: str | None, destination: str | os.PathLike) -> "Model":
+def fetch_model(handle: str | None, destination: str | os.PathLike) -> Model:
     """Download (or unpack) a model, check it loads, and copy it to ``destination``.
 
     The destination is a plain SavedModel directory: copy it to an offline machine and

@@ -3,7 +3,7 @@
 Pure numpy, no TensorFlow and no files.
 
 Every patch gets a separable weight window built from its overlaps with its neighbours
-(:meth:`isprs_seg.grid.Axis.ramps`). Towards the image border a patch keeps full weight,
+(:meth:`isprs_seg.tiling.grid.Axis.ramps`). Towards the image border a patch keeps full weight,
 so the image frame is never attenuated. Inside the image:
 
 ``taper`` (default)
@@ -25,9 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..options import BLEND_MODES
 from .grid import Grid
-
-BLEND_MODES = ("taper", "crop")
 
 
 def ramp(length: int, mode: str) -> np.ndarray:

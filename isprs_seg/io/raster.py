@@ -1,8 +1,8 @@
 """Raster input: opening an input, its validity mask, and row bands read once each.
 
-Knows nothing of the model or of outputs (:mod:`isprs_seg.outputs` writes). A *view*
+Knows nothing of the model or of outputs (:mod:`isprs_seg.io.outputs` writes). A *view*
 is anything the row reader can read from: a rasterio dataset, or the same dataset seen
-at another resolution (:class:`isprs_seg.resample.ResampledView`).
+at another resolution (:class:`isprs_seg.io.resample.ResampledView`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .errors import InputError, first_line
+from ..errors import InputError, first_line
 
 #: GDAL settings of every run, unless the user's environment sets them.
 GDAL_SETTINGS = {
@@ -41,8 +41,13 @@ GDAL_SETTINGS = {
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
     """The GDAL settings of every run (:data:`GDAL_SETTINGS`), for the command line and the
-    Python API alike; a setting the user's environment already has is left to it."""
-    with rasterio.Env(**{key: value for key, value in GDAL_SETTINGS.items() if key not in os.environ}):
+    Python API alike. They step aside for the caller's own: a setting of the process
+    environment, or of a ``rasterio.Env`` the caller has entered, is left as it is (the
+    others are added to that ``Env`` for the length of the block)."""
+    chosen = set(os.environ)
+    if rasterio.env.local._env is not None:  # the caller's rasterio.Env (rasterio's own test for one)
+        chosen |= set(rasterio.env.getenv())
+    with rasterio.Env(**{key: value for key, value in GDAL_SETTINGS.items() if key not in chosen}):
         yield
 
 
@@ -176,8 +181,9 @@ class RowReader:
 
     :meth:`rows` returns raw ``bands`` ``[bands, count, width]`` and validity
     ``[count, width]`` for image rows ``[row, row + count)`` (read-only: views of the
-    reader's buffer where it can); requests must not go back above an earlier one. Rows are read in whole blocks of the file (at least
-    ``min_rows`` at a time), so every block is decoded once although patches overlap.
+    reader's buffer where it can); requests must not go back above an earlier one. Rows
+    are read in whole blocks of the file (at least ``min_rows`` at a time), so every
+    block is decoded once although patches overlap.
     ``width`` may exceed the image. Pixels outside the image and invalid pixels read
     as 0 (the model sees the same zeros wherever there is no valid data) and are
     invalid. ``mask`` is as in :func:`read_validity`.

@@ -14,8 +14,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .errors import InputError, IsprsSegWarning
-from .raster import metres_per_pixel
+from ..errors import InputError, OutputWarning
+from ..io.raster import metres_per_pixel
 
 #: Layer name of the pooled table.
 POOLED_LAYER = "pooled_features"
@@ -73,7 +73,7 @@ def pool_cell(value: str | float, src) -> tuple[int, int]:
         warnings.warn(
             f"pooling cells are {cell[1]} x {cell[0]} px, the nearest whole feature pixels "
             f"(4 px) to --pool {value}",
-            IsprsSegWarning,
+            OutputWarning,
         )
     return cell  # type: ignore[return-value]
 
@@ -192,7 +192,7 @@ class PcaPreview:
 
     def write(self, features_path: Path, png_path: Path) -> None:
         if not self.samples:
-            warnings.warn("no valid pixel to draw: the preview is empty", IsprsSegWarning)
+            warnings.warn("no valid pixel to draw: the preview is empty", OutputWarning)
         with rasterio.open(features_path) as src:
             step = max(1, math.ceil(max(src.height, src.width) / PREVIEW_SIDE))
             out_h, out_w = math.ceil(src.height / step), math.ceil(src.width / step)

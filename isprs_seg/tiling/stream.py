@@ -5,14 +5,14 @@ out of full-width row bands (each row read once), the calling thread runs the mo
 them, and a blend thread accumulates the outputs and hands finished rows to a sink;
 while the model runs batch k, batch k+1 is read and batch k-1 blended and written.
 
-The batches are those of the plan (:mod:`isprs_seg.plan`), whatever the timing of
+The batches are those of the plan (:mod:`isprs_seg.tiling.plan`), whatever the timing of
 the threads: a patch without a valid pixel under a non-zero weight is dropped from its
 batch (never sent to the model), and nothing else changes a batch. The accumulator
 releases rows as soon as no later patch can touch them, so memory depends on the patch
 size and the image width, not on the image height.
 
 Knows nothing of files, formats or the command line: rows come from a row source
-(:class:`isprs_seg.raster.RowReader`) and go to a sink.
+(:class:`isprs_seg.io.raster.RowReader`) and go to a sink.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Sink(Protocol):
 class Progress(Protocol):
     """A progress display (a tqdm bar fits): a context manager with ``update(n)``."""
 
-    def __enter__(self) -> "Progress": ...
+    def __enter__(self) -> Progress: ...
     def __exit__(self, *exc) -> object: ...
     def update(self, n: int = 1) -> object: ...
 
@@ -57,7 +57,7 @@ class NoProgress:
     def __init__(self, total: int = 0):
         pass
 
-    def __enter__(self) -> "NoProgress":
+    def __enter__(self) -> NoProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -160,14 +160,14 @@ def _get(q: queue.Queue, stop: threading.Event, peer: _Stage | None = None):
             return q.get(timeout=0.1)
         except queue.Empty:
             if peer is not None and peer.error is not None:
-                raise peer.error
+                raise peer.error from None
             if peer is not None and not peer.is_alive():
                 try:  # it may have put its last item just after the timeout
                     return q.get_nowait()
                 except queue.Empty:
                     raise RuntimeError(f"{peer.name} ended without finishing") from None
             if stop.is_set():
-                raise _Stopped()
+                raise _Stopped() from None
 
 
 def _join(*stages: _Stage) -> None:
@@ -195,7 +195,7 @@ def stream(
     argmax); it is not finished here.
 
     With ``strip`` (image rows that are a multiple of ``stride`` apart), ``batches``
-    are those of :func:`isprs_seg.plan.strip_batches`: only the patches touching the
+    are those of :func:`isprs_seg.tiling.plan.strip_batches`: only the patches touching the
     strip are blended, only its rows go to the sink (still numbered as in the whole
     output), and the counts and the progress are those of the patches it owns.
     """

@@ -22,42 +22,31 @@ from typing import Mapping
 
 import rasterio
 
-from . import __version__
-from .errors import first_line
-from .options import parse_bands, parse_scale
+from .. import __version__
+from ..errors import first_line
+from ..options import parse_bands, parse_scale
 from .atomic import verify_complete
 
 #: GeoTIFF tag holding the settings of the run that wrote the file, by output role.
 SETTINGS_TAG = "ISPRS_SEG_SETTINGS"
 
-#: Output roles and the options that change their pixels, besides the common ones.
-ROLE_OPTIONS = {
-    "classes": (),
-    "categories": (),
-    "legend": (),
-    "probabilities": ("probabilities_dtype",),
-    "confidence": ("confidence",),
-    "features": ("dtype",),
-    "pooled": ("pool",),
-    "polygons": ("vector",),
-    "preview": ("dtype",),
-}
-
 #: How a setting is named on the command line, for messages.
 FLAGS = {
-    "tile": "--tile", "overlap": "--overlap", "blend": "--blend", "tta": "--tta", "confidence": "--confidence", "bands": "--bands", "recipe": "--recipe",
+    "tile": "--tile", "overlap": "--overlap", "blend": "--blend", "tta": "--tta", "confidence": "--confidence",
+    "bands": "--bands", "recipe": "--recipe",
     "scale": "--scale", "normalize": "--normalize", "gsd": "--gsd", "precision": "--precision",
     "probabilities_dtype": "--probabilities-dtype", "dtype": "--dtype", "pool": "--pool", "vector": "--vector",
     "classes": "--classes", "min_area": "--min-area", "simplify": "--simplify",
 }
 
 
-def run_settings(model, options, reading, roles, **specific) -> dict[str, dict]:
+def run_settings(model, options, reading, roles, product) -> dict[str, dict]:
     """The settings of each output role of a run (see the module docstring).
 
-    ``model``: a loaded model (its digest and precision); ``options``, ``reading``: the
-    run's :class:`RunOptions` and :class:`InputOptions`; ``specific``: the values of
-    the role-specific options (:data:`ROLE_OPTIONS`).
+    ``model``: a loaded model or its description (its digest and precision);
+    ``options``, ``reading``: the run's :class:`RunOptions` and :class:`InputOptions`;
+    ``product``: what the run makes (:mod:`isprs_seg.products`), whose
+    ``ROLE_SETTINGS`` say which of its settings change each role's pixels.
     """
     bands, scale = parse_bands(reading.bands), parse_scale(reading.scale)
     common = {
@@ -74,7 +63,8 @@ def run_settings(model, options, reading, roles, **specific) -> dict[str, dict]:
         "gsd": reading.gsd,
         "precision": model.precision,
     }
-    return {role: common | {key: specific.get(key) for key in ROLE_OPTIONS[role]} for role in roles}
+    values = product.pixel_settings()
+    return {role: common | {key: values[key] for key in product.ROLE_SETTINGS[role]} for role in roles}
 
 
 def settings_tags(settings: Mapping[str, dict], handle: str) -> dict[str, str]:
