@@ -95,11 +95,20 @@ def _is_archive(path: Path) -> bool:
     return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
+def _normalized(handle: str | os.PathLike | None) -> str:
+    handle = str(handle) if handle is not None else default_handle()
+    return "https://" + handle if handle.startswith("tfhub.dev/") else handle
+
+
+def recorded_digest(handle: str | os.PathLike | None) -> str | None:
+    """The digest on record for ``handle`` (see :func:`saved_model_digest`): that of the
+    official model (:data:`contract.DEFAULT_MODEL_DIGEST`) for its handle, else None."""
+    return contract.DEFAULT_MODEL_DIGEST if _normalized(handle) == contract.DEFAULT_MODEL else None
+
+
 def resolve(handle: str | os.PathLike | None = None) -> ModelSource:
     """Turn a handle into a local SavedModel directory, downloading or unpacking once."""
-    handle = str(handle) if handle is not None else default_handle()
-    if handle.startswith("tfhub.dev/"):
-        handle = "https://" + handle
+    handle = _normalized(handle)
     if _is_url(handle):
         entry = _download(handle)
         return ModelSource(handle, _cached_root(entry, handle), "url", entry)
