@@ -103,14 +103,14 @@ class Job:
 
     def layout(self, channels: int, kind: "RunKind", on_gpu: bool) -> Layout:
         """What decides the run's buffers (:mod:`isprs_seg.memory`)."""
-        itemsize = np.dtype(self.dataset.dtypes[self.recipe.bands[0] - 1]).itemsize
-        return Layout(self.view.height, self.view.width, len(self.recipe.bands), itemsize, channels, kind.stride,
+        bands, dtype = self.recipe.raw_layout(self.dataset.dtypes[self.recipe.bands[0] - 1])
+        return Layout(self.view.height, self.view.width, bands, dtype.itemsize, channels, kind.stride,
                       kind.output_bytes, channels if kind.written else 0, on_gpu=on_gpu)
 
     def blank_patch(self) -> np.ndarray:
         """One raw patch of zeros ``[1, bands, h, w]``, for the warm-up call."""
-        dtype = self.dataset.dtypes[self.recipe.bands[0] - 1]
-        return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
+        bands, dtype = self.recipe.raw_layout(self.dataset.dtypes[self.recipe.bands[0] - 1])
+        return np.zeros((1, bands, *self.grid.patch_shape), dtype)
 
 
 def prepare_job(dataset: "DatasetReader", options: RunOptions, reading: InputOptions, batch_size: int) -> Job:
@@ -299,7 +299,7 @@ def run(spec: RunSpec, model: Model | str | None = None, progress: ProgressFacto
                 sink = datasets.enter_context(RegriddedSink.opened(job.view, job.recipe.mask, kind.stride, sink))
             bar = datasets.enter_context((progress or NoProgress)(len(job.grid)))
             reader = RowReader(job.view, job.recipe.bands, job.recipe.mask,
-                               job.grid.cols.origins[-1] + job.grid.patch_shape[1])
+                               job.grid.cols.origins[-1] + job.grid.patch_shape[1], palette=job.recipe.colours)
 
             def infer(raw: np.ndarray, weights: np.ndarray) -> np.ndarray:
                 return model.weighted(kind.method, raw, weights, job.batch_size, job.recipe, tta)
