@@ -10,8 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: TF Hub handle of the model this tool is built for (tfhub.dev now redirects to
-#: Kaggle Models; tensorflow_hub still resolves this handle).
+#: Kaggle Models, ``google/hrnet/tensorFlow2/isprs-hrnetv2-w48/1``).
 DEFAULT_MODEL = "https://tfhub.dev/google/HRNet/isprs-hrnetv2-w48/1"
+
+#: Other addresses serving a handle's SavedModel as a ``.tar.gz``, tried in order when the
+#: handle's own download fails: Kaggle Models' public download of the same model version
+#: (``/api/v1/models/<owner>/<model>/<framework>/<variation>/<version>/download``).
+MODEL_MIRRORS: dict[str, tuple[str, ...]] = {
+    DEFAULT_MODEL: ("https://www.kaggle.com/api/v1/models/google/hrnet/tensorFlow2/isprs-hrnetv2-w48/1/download",),
+}
+
+#: ``sha256:...`` of the official model's SavedModel files (see ``isprs_seg.model.hub.saved_model_digest``),
+#: None while no copy has been verified. ``isprs-seg model fetch --verify`` reports the digest of
+#: what it fetched and warns when it differs from this one.
+DEFAULT_MODEL_DIGEST: str | None = None
 
 #: Environment variable that replaces :data:`DEFAULT_MODEL`.
 MODEL_ENV_VAR = "ISPRS_SEG_MODEL"

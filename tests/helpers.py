@@ -72,6 +72,12 @@ def valid_mask(path: Path) -> np.ndarray:
         return src.dataset_mask() > 0
 
 
+def half_precision(dataset) -> bool:
+    """Whether a raster's bands are IEEE half floats on disk: GDAL 3.11 and later report them as
+    Float16, earlier versions as Float32 with ``NBITS=16``."""
+    return dataset.dtypes[0] == "float16" or dataset.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
+
+
 @dataclass
 class Ran:
     """How a command line run ended (the same fields in a subprocess and in-process)."""

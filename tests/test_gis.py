@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import rasterio
-from helpers import COGEO, HRO_ALPHA, cli, valid_mask
+from helpers import COGEO, HRO_ALPHA, cli, half_precision, valid_mask
 
 from isprs_seg import contract
 from isprs_seg.api import extract_features, predict_raster
@@ -110,7 +110,7 @@ def test_feature_bands_are_named_and_features_can_be_a_cog(tmp_path, small_model
     with rasterio.open(result.outputs[0]) as ds:
         assert ds.descriptions[:3] == ("f000", "f001", "f002") and ds.descriptions[-1] == "f719"
         assert ds.overviews(1) == [], "256 px of features: no overview needed"
-        assert ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
+        assert half_precision(ds)
     assert cog_validate(result.outputs[0], strict=True)[0]
 
 

@@ -199,25 +199,33 @@ def test_a_file_with_only_subdatasets_names_them(tmp_path, small_dir):
         f"(GPKG:{path}:north, GPKG:{path}:south)")
 
 
-def test_a_colour_mapped_input_is_read_through_its_colour_table(tmp_path, small_model):
+def test_a_colour_mapped_input_gives_the_outputs_of_its_rgb_expansion_in_every_pixel(tmp_path, small_model):
+    """Also where patches reach past the image (383 x 232 px is not on the 32 px lattice) and
+    where the colour of index 0, here white, is not the black padding of an RGB image."""
     with rasterio.open(HRO_PLAIN) as src:
         rgb, profile = src.read().astype(int), src.profile
-    levels = np.array([0, 51, 102, 153, 204, 255])  # a 6 x 6 x 6 colour cube
-    index = sum(np.abs(rgb[k][..., None] - levels).argmin(-1) * 6 ** (2 - k) for k in range(3)).astype(np.uint8)
-    table = {i: (int(levels[i // 36]), int(levels[i // 6 % 6]), int(levels[i % 6]), 255) for i in range(216)}
+    assert src.width % 32 and src.height % 32
+    levels = np.array([0, 51, 102, 153, 204, 255])  # a 6 x 6 x 6 colour cube, its last colour (white) first
+    cube = (np.abs(rgb[..., None] - levels).argmin(-1) * np.array([36, 6, 1])[:, None, None]).sum(0)
+    index = ((cube + 1) % 216).astype(np.uint8)
+    table = {i: (int(levels[(i - 1) % 216 // 36]), int(levels[(i - 1) % 216 // 6 % 6]), int(levels[(i - 1) % 6]), 255)
+             for i in range(216)}
+    assert table[0][:3] == (255, 255, 255)
     profile.pop("photometric", None)
     indexed = tmp_path / "indexed.tif"
     with rasterio.open(indexed, "w", **(profile | {"count": 1})) as dst:
         dst.write(index, 1)
         dst.write_colormap(1, table)
     expanded = tmp_path / "expanded.tif"
+    colours = np.array([table[i][:3] for i in range(216)], np.uint8)
     with rasterio.open(expanded, "w", **profile) as dst:
-        dst.write(np.stack([np.vectorize(lambda i, k=k: table[i][k])(index) for k in range(3)]).astype(np.uint8))
+        dst.write(np.moveaxis(colours[index], -1, 0))
     with pytest.warns(UserWarning, match="colour-mapped"):
         got = predict_raster(indexed, tmp_path / "a.tif", model=small_model, probabilities=True, tile=128, overlap=64)
     want = predict_raster(expanded, tmp_path / "b.tif", model=small_model, probabilities=True, tile=128, overlap=64)
-    with rasterio.open(got.outputs[1]) as a, rasterio.open(want.outputs[1]) as b:
-        np.testing.assert_array_equal(a.read(), b.read())
+    for a_path, b_path in zip(got.outputs, want.outputs):  # class raster, probabilities
+        with rasterio.open(a_path) as a, rasterio.open(b_path) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
 
 
 @pytest.mark.parametrize("args,said", [

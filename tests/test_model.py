@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, run_cli
+from helpers import HRO_PLAIN, cli, run_cli
 
 from isprs_seg import contract
 from isprs_seg.errors import ModelError
-from isprs_seg.model import load_model
+from isprs_seg.model import hub, load_model
 from isprs_seg.model.hub import cache_dir, default_handle
 from isprs_seg.testing.standins import make_archive
 
@@ -113,6 +113,111 @@ def test_url_download_is_cached_and_reused_offline(http_server, small_dir, tmp_p
     result = cli("model", "info", "--model", url)
     assert result.returncode == 0, result.stderr
     assert "downloaded into the cache" in result.stdout
+
+
+@pytest.fixture
+def scripted_server(small_dir, tmp_path):
+    """A server on 127.0.0.1 whose paths misbehave as download servers do: ``/flaky.tar.gz``
+    answers 403 twice then serves the small stand-in's archive, ``/missing`` 404, ``/failing``
+    500 always, and ``/hub/isprs/1`` serves the archive only when asked for TF Hub's compressed
+    format. Yields (base URL, the paths asked for, in order)."""
+    archive = make_archive(small_dir, tmp_path / "served.tar.gz").read_bytes()
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path, _, query = self.path.partition("?")
+            asked.append(path)
+            if path == "/flaky.tar.gz" and asked.count(path) > 2 or \
+                    path == "/hub/isprs/1" and query == "tf-hub-format=compressed":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(archive)))
+                self.end_headers()
+                self.wfile.write(archive)
+                return
+            self.send_error({"/flaky.tar.gz": 403, "/failing": 500}.get(path, 404))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_retry_what_may_pass_and_say_what_went_wrong(scripted_server, tmp_path, monkeypatch):
+    base, asked = scripted_server
+    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.01, 0.02, 0.04))
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+
+    fetched = cli("model", "fetch", "--model", f"{base}/flaky.tar.gz", "--to", str(tmp_path / "flaky"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert asked == ["/flaky.tar.gz"] * 3 and (tmp_path / "flaky" / "saved_model.pb").exists()
+    assert fetched.stderr.count("answered HTTP 403; trying again") == 2
+
+    for path, tries, said in [
+        ("/missing", 1, f"{base}/missing?tf-hub-format=compressed answered HTTP 404 Not Found: there is no model at "
+                        "that address, check the handle"),
+        ("/failing", 4, f"{base}/failing?tf-hub-format=compressed answered HTTP 500 Internal Server Error 4 times: "
+                        "the server is busy or failing; try again later"),
+    ]:
+        asked.clear()
+        for args in (["model", "fetch", "--to", str(tmp_path / "never")], ["predict", str(HRO_PLAIN), "-o",
+                                                                            str(tmp_path / "never.tif")]):
+            result = cli(*args, "--model", f"{base}{path}")
+            assert result.returncode == 2 and result.stdout == ""
+            last = result.stderr.strip().splitlines()[-1]
+            assert last == f"isprs-seg: error: could not download the model from {base}{path}: {said}", last
+            assert "Traceback" not in result.stderr and "without internet" not in last
+        assert asked == [path] * tries * 2
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.tif").exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [hub.cache_entry(f"{base}/flaky.tar.gz").name,
+                                                                      hub.cache_entry(f"{base}/flaky.tar.gz").name
+                                                                      + ".descriptor.txt"]
+
+
+def test_a_hub_handle_is_cached_as_tensorflow_hub_does_and_falls_back_to_its_mirror(scripted_server, tmp_path,
+                                                                                   monkeypatch, small_dir):
+    import hashlib
+
+    base, asked = scripted_server
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    handle = f"{base}/hub/isprs/1"
+    model = load_model(handle)
+    entry = cache / hashlib.sha1(handle.encode()).hexdigest()
+    assert model.source.path == entry and asked == ["/hub/isprs/1"]
+    assert (cache / f"{entry.name}.descriptor.txt").read_text().startswith(f"Module: {handle}\n")
+
+    # a handle that is gone, with a mirror: the mirror fills the handle's own entry
+    gone = f"{base}/missing"
+    monkeypatch.setitem(contract.MODEL_MIRRORS, gone, (f"{base}/hub/isprs/1?tf-hub-format=compressed",))
+    mirrored = load_model(gone)
+    assert mirrored.source.path == hub.cache_entry(gone) and mirrored.digest == model.digest
+    assert asked[1:] == ["/missing", "/hub/isprs/1"]
+    assert f"Downloaded from: {base}/hub/isprs/1?" in (cache / f"{hub.cache_entry(gone).name}.descriptor.txt").read_text()
+
+    assert hub.download_urls(contract.DEFAULT_MODEL) == (
+        "https://tfhub.dev/google/HRNet/isprs-hrnetv2-w48/1?tf-hub-format=compressed",
+        "https://www.kaggle.com/api/v1/models/google/hrnet/tensorFlow2/isprs-hrnetv2-w48/1/download")
+
+
+def test_fetch_verify_reports_the_digest_and_warns_when_it_is_not_the_recorded_one(tmp_path, monkeypatch, small_dir):
+    archive = make_archive(small_dir, tmp_path / "model.tar.gz")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(contract, "DEFAULT_MODEL", str(archive))  # the stand-in plays the official model
+    digest = hub.saved_model_digest(small_dir)
+    for recorded, said in [(None, f"digest {digest}: no digest is recorded"),
+                           (digest, f"digest {digest}: the one recorded for the official model"),
+                           ("sha256:" + "0" * 64, "warning: the digest of")]:
+        monkeypatch.setattr(contract, "DEFAULT_MODEL_DIGEST", recorded)
+        dest = tmp_path / f"fetched-{recorded}"
+        result = cli("model", "fetch", "--to", str(dest), "--verify")
+        assert result.returncode == 0 and result.stdout.strip() == str(dest), result.stderr
+        assert said in result.stderr and ("warning" in result.stderr) == (recorded not in (None, digest))
+    assert "differs from the one recorded for the official model, sha256:000" in result.stderr
 
 
 def test_default_cache_is_per_user_not_tmp(monkeypatch, tmp_path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..errors import IsprsSegWarning
 from . import EXIT_USAGE, _examples, _load, entered, model_app
 from .options import MODEL_HELP
 
@@ -46,7 +48,7 @@ def model_info(
 
 
 @model_app.command("fetch", epilog=_examples(
-    "isprs-seg model fetch --to isprs-hrnet/",
+    "isprs-seg model fetch --to isprs-hrnet/ --verify",
     "isprs-seg predict ortho.tif -o ortho.classes.tif --model isprs-hrnet/   # on the offline machine",
 ))
 def model_fetch(
@@ -55,13 +57,26 @@ def model_fetch(
                             help="Directory to create: pass it as --model on an offline machine."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="HANDLE", show_default=False,
                                         help=MODEL_HELP),
+    verify: bool = typer.Option(False, "--verify", show_default=False,
+                                help="Report the model's digest (sha256 of its SavedModel files) and warn when it "
+                                     "differs from the one recorded for the official model.  [default: off]"),
 ) -> None:
     """Download and unpack the model into a directory usable offline with --model DIR."""
-    from ..model.inference import fetch_model
+    from ..model import fetch_model
+    from ..model.hub import recorded_digest
 
-    with entered(ctx).reported(EXIT_USAGE):
+    settings = entered(ctx)
+    with settings.notes(False), settings.reported(EXIT_USAGE):
         fetched = fetch_model(model, to)
-    print(to)
-    print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)
+        print(to)
+        print(f"isprs-seg: fetched {fetched.handle}; on an offline machine use --model {to}", file=sys.stderr)
+        if verify:
+            recorded = recorded_digest(fetched.handle)
+            verdict = {None: ": no digest is recorded for this model to compare it with",
+                       fetched.digest: ": the one recorded for the official model"}.get(recorded, "")
+            print(f"isprs-seg: digest {fetched.digest}{verdict}", file=sys.stderr)
+            if verdict == "":
+                warnings.warn(f"the digest of {fetched.handle} differs from the one recorded for the official model, "
+                              f"{recorded}: what was fetched is another model or a changed copy", IsprsSegWarning)
 
 

@@ -288,9 +288,12 @@ def to_cog(path: Path, role: str, final: Path) -> None:
     with rasterio.open(path) as src:
         side, block, compress = max(src.width, src.height), src.block_shapes[0][0], src.compression
         nbits = src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
+        # GDAL 3.11+ reads Float32 NBITS=16 as its own Float16, for which the floating-point
+        # predictor (3) is refused; horizontal differencing (2) takes it
+        predictor = "2" if src.dtypes[0] == "float16" else "YES"
     levels = max(0, math.ceil(math.log2(side / OVERVIEW_SMALLEST))) if side > OVERVIEW_SMALLEST else 0
     options = {
-        "BLOCKSIZE": block, "COMPRESS": compress.value if compress else "DEFLATE", "PREDICTOR": "YES",
+        "BLOCKSIZE": block, "COMPRESS": compress.value if compress else "DEFLATE", "PREDICTOR": predictor,
         "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS", "OVERVIEW_RESAMPLING": OVERVIEW_RESAMPLING[role],
         "OVERVIEW_COUNT": levels, "OVERVIEWS": "IGNORE_EXISTING" if levels else "NONE",
     }

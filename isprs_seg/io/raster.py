@@ -186,21 +186,25 @@ class RowReader:
     block is decoded once although patches overlap.
     ``width`` may exceed the image. Pixels outside the image and invalid pixels read
     as 0 (the model sees the same zeros wherever there is no valid data) and are
-    invalid. ``mask`` is as in :func:`read_validity`.
+    invalid. ``mask`` is as in :func:`read_validity`. With ``palette`` (a colour table
+    ``[indices, 3]`` uint8), the one band read holds indices and comes out as its colours,
+    R, G, B: the zeros above are then black, as in the same image stored as RGB.
     """
 
     #: Rows read at once at most, even when a file's blocks are taller (single strips).
     MAX_ROWS = 1024
 
-    def __init__(self, view: RasterView, bands: Sequence[int], mask: str, width: int, min_rows: int = 256):
-        self.view, self.bands, self.mask, self.width = view, list(bands), mask, width
+    def __init__(self, view: RasterView, bands: Sequence[int], mask: str, width: int, min_rows: int = 256,
+                 palette: np.ndarray | None = None):
+        self.view, self.bands, self.mask, self.width, self.palette = view, list(bands), mask, width, palette
         block = view.block_shapes[0][0] if hasattr(view, "block_shapes") else 1
         if block > self.MAX_ROWS:
             block = 1
         self.chunk = max(block, -(-min_rows // block) * block)
         self.block = block
         self.first = 0  # image row held in buffer row 0
-        self.raw = np.zeros((len(self.bands), 0, width), dtype=view.dtypes[self.bands[0] - 1])
+        self.raw = np.zeros((3 if palette is not None else len(self.bands), 0, width),
+                            dtype=np.uint8 if palette is not None else view.dtypes[self.bands[0] - 1])
         self.valid = np.zeros((0, width), dtype=bool)
 
     def rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +224,7 @@ class RowReader:
         at = row - self.first
         if have == count:  # views: the buffer is replaced, never written, when more rows are read
             return self.raw[:, at : at + count], self.valid[at : at + count]
-        raw = np.zeros((len(self.bands), count, self.width), dtype=self.raw.dtype)
+        raw = np.zeros((self.raw.shape[0], count, self.width), dtype=self.raw.dtype)
         valid = np.zeros((count, self.width), dtype=bool)
         raw[:, :have] = self.raw[:, at : at + have]
         valid[:have] = self.valid[at : at + have]
@@ -228,11 +232,17 @@ class RowReader:
 
     def _read(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         width = min(self.width, self.view.width)
-        raw = np.zeros((len(self.bands), count, self.width), dtype=self.raw.dtype)
+        raw = np.zeros((self.raw.shape[0], count, self.width), dtype=self.raw.dtype)
         valid = np.zeros((count, self.width), dtype=bool)
         try:
-            _read_window(self.view, self.bands, self.mask, Window(0, row, width, count),
-                         raw[:, :, :width], valid[:, :width])
+            if self.palette is None:
+                _read_window(self.view, self.bands, self.mask, Window(0, row, width, count),
+                             raw[:, :, :width], valid[:, :width])
+            else:
+                indices = np.zeros((1, count, width), self.view.dtypes[self.bands[0] - 1])
+                _read_window(self.view, self.bands, self.mask, Window(0, row, width, count), indices,
+                             valid[:, :width])
+                raw[:, :, :width] = np.moveaxis(self.palette[indices[0]], -1, 0)
             if not valid[:, :width].all():
                 raw[:, ~valid] = 0
         except rasterio.errors.RasterioError as exc:

@@ -40,7 +40,8 @@ class InputRecipe:
     ``mask``: validity from GDAL's ``dataset`` mask, from the ``nodata`` value only, or
     ``none`` (all pixels valid).
     ``palette``: for a colour-mapped image, its colour table (3 bytes per index): the one
-    band read holds indices, expanded to R, G, B inside the model call.
+    band read holds indices, which the reader expands to R, G, B (:attr:`colours`) before
+    anything else, so that padding and invalid pixels are black as in an RGB image.
     """
 
     bands: tuple[int, ...] = (1, 2)
@@ -58,9 +59,6 @@ class InputRecipe:
         the raw integers and does no per-pixel work.
         """
         tf = tensorflow()
-        if self.palette is not None:  # indices -> the colours of the table, [n, 3, h, w]
-            table = tf.constant(np.frombuffer(self.palette, np.uint8).reshape(-1, 3))
-            raw = tf.transpose(tf.gather(table, tf.cast(raw[:, 0], tf.int32)), [0, 3, 1, 2])
         x = (tf.cast(raw, tf.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
         x = tf.clip_by_value(x, 0.0, 1.0)
         red, green = x[:, 0], x[:, 1]
@@ -73,7 +71,19 @@ class InputRecipe:
     @property
     def graph_key(self) -> tuple:
         """What :meth:`to_model` depends on: recipes with equal keys share one traced graph."""
-        return (self.recipe, self.low, self.high, self.normalize, self.palette)
+        return (self.recipe, self.low, self.high, self.normalize)
+
+    @property
+    def colours(self) -> np.ndarray | None:
+        """The colour table ``[indices, 3]`` uint8 of a colour-mapped image, else None."""
+        return None if self.palette is None else np.frombuffer(self.palette, np.uint8).reshape(-1, 3)
+
+    def raw_layout(self, source_dtype) -> tuple[int, np.dtype]:
+        """Bands and data type of the raw patches :meth:`to_model` takes from an image whose
+        bands are ``source_dtype``: a colour-mapped image's come expanded to R, G, B bytes."""
+        if self.palette is not None:
+            return 3, np.dtype(np.uint8)
+        return len(self.bands), np.dtype(source_dtype)
 
     def describe(self) -> str:
         names = "R,G" if self.recipe == "pseudo-rgb" else "R,G,B"

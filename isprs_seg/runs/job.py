@@ -44,14 +44,14 @@ class Job:
 
     def layout(self, channels: int, kind: RunKind, on_gpu: bool) -> Layout:
         """What decides the run's buffers (:mod:`isprs_seg.runs.memory`)."""
-        itemsize = np.dtype(self.dataset.dtypes[self.recipe.bands[0] - 1]).itemsize
-        return Layout(self.view.height, self.view.width, len(self.recipe.bands), itemsize, channels, kind.stride,
+        bands, dtype = self.recipe.raw_layout(self.dataset.dtypes[self.recipe.bands[0] - 1])
+        return Layout(self.view.height, self.view.width, bands, dtype.itemsize, channels, kind.stride,
                       kind.output_bytes, channels if kind.written else 0, on_gpu=on_gpu)
 
     def blank_patch(self) -> np.ndarray:
         """One raw patch of zeros ``[1, bands, h, w]``, for the warm-up call."""
-        dtype = self.dataset.dtypes[self.recipe.bands[0] - 1]
-        return np.zeros((1, len(self.recipe.bands), *self.grid.patch_shape), dtype)
+        bands, dtype = self.recipe.raw_layout(self.dataset.dtypes[self.recipe.bands[0] - 1])
+        return np.zeros((1, bands, *self.grid.patch_shape), dtype)
 
 
 def prepare_job(dataset: DatasetReader, options: RunOptions, reading: InputOptions, batch_size: int) -> Job:

@@ -95,7 +95,7 @@ def run(spec: RunSpec, model: Model, progress: ProgressFactory | None = None, st
                 sink = datasets.enter_context(RegriddedSink.opened(job.view, job.recipe.mask, kind.stride, sink))
             bar = datasets.enter_context((progress or NoProgress)(len(job.grid)))
             reader = RowReader(job.view, job.recipe.bands, job.recipe.mask,
-                               job.grid.cols.origins[-1] + job.grid.patch_shape[1])
+                               job.grid.cols.origins[-1] + job.grid.patch_shape[1], palette=job.recipe.colours)
 
             def infer(raw: np.ndarray, weights: np.ndarray) -> np.ndarray:
                 return model.weighted(kind.method, raw, weights, job.batch_size, job.recipe, tta)
