@@ -170,8 +170,10 @@ def test_memory_does_not_grow_with_image_height(tmp_path, small_model):
                        tile=256, overlap=64, batch_size=1)
         peaks[height] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    # eight times the height, the same band of rows in memory (about 43 MB here)
-    assert peaks[16384] < 1.05 * peaks[2048], peaks
+    # Eight times the height, the same band of rows in memory (about 20 MB here); memory that grew
+    # with the height would be eight times larger. The margin covers how many row bands and batches
+    # the threads happen to hold at the peak: 1.09 was seen in a loaded full run.
+    assert peaks[16384] < 1.25 * peaks[2048], peaks
 
 
 def test_cli_writes_paths_to_stdout_and_continues_after_a_bad_input(tmp_path, small_dir):
