@@ -32,7 +32,7 @@ def run_product(input: str | os.PathLike, product: Product, output: str | os.Pat
     reading.check()
     product.check()
     finals = output_paths(input, product.main, product.roles(), output=output, out_dir=out_dir,
-                          given=product.given())
+                          given=product.given(), suffixes=product.suffixes())
     spec = RunSpec(product, str(input), finals, options, reading)
     return with_model(engine, model).run(spec, progress)
 
@@ -99,6 +99,7 @@ def extract_features(
     pooled: str | os.PathLike | None = None,
     preview: str | os.PathLike | None = None,
     cog: bool = False,
+    pool_format: str = "gpkg",
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
     engine: Engine | None = None,
@@ -110,12 +111,13 @@ def extract_features(
     (i, j) covers input pixels [4i, 4i+4) x [4j, 4j+4). ``dtype`` ``float16`` stores
     half precision (GDAL Float32 with NBITS=16), ``float32`` full precision.
     ``pool``: cell size of mean-pooled embeddings (metres, or pixels with a ``px``
-    suffix), written as a GeoPackage to ``pooled`` (default ``OUT.pooled.gpkg``).
+    suffix), written as a GeoPackage to ``pooled`` (default ``OUT.pooled.gpkg``), or with
+    ``pool_format="parquet"`` as GeoParquet 1.1 (default ``OUT.pooled.parquet``).
     ``preview``: path of a PNG false-colour quick-look (first three principal
     components). ``cog``: write the feature raster as a Cloud Optimized GeoTIFF with
     overviews. Other arguments as in :func:`predict_raster`.
     """
-    product = Features(dtype, str(pool) if pool else None, cog, pooled, preview)
+    product = Features(dtype, str(pool) if pool else None, cog, pooled, preview, pool_format)
     options = RunOptions(tile, overlap, batch_size, blend)
     return run_product(input, product, output, out_dir=out_dir, options=options, reading=reading, engine=engine,
                        model=model, progress=progress)

@@ -73,14 +73,15 @@ def input_stem(path: str | os.PathLike) -> str:
 def output_paths(
     input: str | os.PathLike, main: str, extra: Sequence[str] = (), *,
     output: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-    given: Mapping[str, str | os.PathLike] | None = None,
+    given: Mapping[str, str | os.PathLike] | None = None, suffixes: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """The paths of the outputs of one input, by role, the ``main`` role last.
 
     With ``output`` (``-o OUT.tif``) the main output is ``OUT.tif`` and the ``extra``
     ones ``OUT<suffix>``; with ``out_dir`` they are all ``DIR/<input stem><suffix>``
     (:data:`SUFFIXES`). ``given`` names other outputs explicitly, ``{stem}`` in them
-    standing for the input's stem.
+    standing for the input's stem. ``suffixes``: suffixes that replace those of
+    :data:`SUFFIXES` for some roles (``{"polygons": ".polygons.parquet"}``).
     """
     if (output is None) == (out_dir is None):
         raise ValueError("give exactly one of output and out_dir")
@@ -91,8 +92,9 @@ def output_paths(
     else:
         base = Path(out_dir) / stem
     given = given or {}
-    main_path = output if output is not None else base.with_name(base.name + SUFFIXES[main])
-    paths = {role: base.with_name(base.name + SUFFIXES[role]) for role in extra if role not in given | COMPANIONS}
+    suffix = {**SUFFIXES, **(suffixes or {})}
+    main_path = output if output is not None else base.with_name(base.name + suffix[main])
+    paths = {role: base.with_name(base.name + suffix[role]) for role in extra if role not in given | COMPANIONS}
     paths.update({role: Path(str(path).replace("{stem}", stem)) for role, path in given.items()})
     paths.update({role: name(main_path) for role, name in COMPANIONS.items() if role in extra})
     paths[main] = main_path

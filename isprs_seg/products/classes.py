@@ -63,6 +63,9 @@ class Classes:
         wanted = (("probabilities", self.probabilities), ("confidence", self.confidence), ("polygons", self.vector))
         return [role for role, asked in wanted if asked] + list(COMPANIONS)
 
+    def suffixes(self) -> dict[str, str]:
+        return {}
+
     def given(self) -> dict[str, object]:
         chosen = self.probabilities is not True and self.probabilities
         return {"probabilities": self.probabilities} if chosen else {}
