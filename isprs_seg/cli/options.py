@@ -138,6 +138,8 @@ PREDICT_OPTIONS = {
     "cog": (bool, typer.Option(True, "--cog/--no-cog", show_default=False,
                                help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  "
                                     "[default: --cog]")),
+    "stac": (bool, typer.Option(False, "--stac", show_default=False,
+                                help="Also write a STAC Item describing the outputs (OUT.stac.json).  [default: off]")),
     "vector": _unset(str, "--vector", "CLASSES",
         "Also write polygons of these classes (building,car or all) to "
                                                 "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
@@ -152,6 +154,8 @@ FEATURE_OPTIONS = {
         help="The pooled table as a GeoPackage (OUT.pooled.gpkg) or a GeoParquet 1.1 file (OUT.pooled.parquet).")),
     "preview": _unset(str, "--preview", "PNG",
         "Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  [default: none]"),
+    "stac": (bool, typer.Option(False, "--stac", show_default=False,
+                                help="Also write a STAC Item describing the outputs (OUT.stac.json).  [default: off]")),
     "cog": (bool, typer.Option(False, "--cog/--no-cog", show_default=False,
                                help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
                                     "[default: --no-cog]")),

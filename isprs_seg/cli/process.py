@@ -153,7 +153,8 @@ def predict(ctx: typer.Context, inputs: List[str] = INPUTS, output: Optional[Pat
     from ..products import Classes
 
     o = options
-    product = Classes(o["probabilities"], o["probabilities_dtype"].value, o["confidence"], o["vector"], o["cog"])
+    product = Classes(o["probabilities"], o["probabilities_dtype"].value, o["confidence"], o["vector"], o["cog"],
+                      o["stac"])
     _run_command(entered(ctx, o["as_json"]), product, _expand_inputs(inputs), output, o)
 
 
@@ -168,5 +169,6 @@ def features(ctx: typer.Context, inputs: List[str] = INPUTS,
     from ..products import Features
 
     o = options
-    product = Features(o["dtype"].value, o["pool"], o["cog"], preview=o["preview"], pool_format=o["pool_format"])
+    product = Features(o["dtype"].value, o["pool"], o["cog"], preview=o["preview"], pool_format=o["pool_format"],
+                       stac=o["stac"])
     _run_command(entered(ctx, o["as_json"]), product, _expand_inputs(inputs), output, o)

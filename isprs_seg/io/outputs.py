@@ -29,6 +29,7 @@ from .._native import native_stderr_captured
 from ..errors import OutputError, first_line
 from .atomic import scratch, verify_complete
 from .legend import pam_path, style_path
+from .stac import stac_path
 
 #: Block side of every output GeoTIFF but feature rasters.
 OUTPUT_BLOCK = 512
@@ -52,6 +53,10 @@ SUFFIXES = {
 #: Files that go with the class raster, named after it (see :mod:`isprs_seg.io.legend`):
 #: they are written and committed with it, but not listed among the outputs.
 COMPANIONS = {"categories": pam_path, "legend": style_path}
+
+#: Outputs named after the main output that are listed with the others: the STAC Item
+#: of the output set (``NAME.stac.json``, see :mod:`isprs_seg.io.stac`).
+DESCRIPTIONS = {"stac": stac_path}
 
 #: Overview resampling of each output role written as a Cloud Optimized GeoTIFF: class
 #: values must stay class values (or nodata), scores are averaged.
@@ -94,9 +99,10 @@ def output_paths(
     given = given or {}
     suffix = {**SUFFIXES, **(suffixes or {})}
     main_path = output if output is not None else base.with_name(base.name + suffix[main])
-    paths = {role: base.with_name(base.name + suffix[role]) for role in extra if role not in given | COMPANIONS}
+    after_main = COMPANIONS | DESCRIPTIONS
+    paths = {role: base.with_name(base.name + suffix[role]) for role in extra if role not in given | after_main}
     paths.update({role: Path(str(path).replace("{stem}", stem)) for role, path in given.items()})
-    paths.update({role: name(main_path) for role, name in COMPANIONS.items() if role in extra})
+    paths.update({role: name(main_path) for role, name in after_main.items() if role in extra})
     paths[main] = main_path
     return paths
 

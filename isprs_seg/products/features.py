@@ -30,7 +30,8 @@ class Features:
     or pixels ``"256px"``), written as a GeoPackage to ``pooled`` (default
     ``OUT.pooled.gpkg``), or as GeoParquet with ``pool_format="parquet"``
     (``OUT.pooled.parquet``); ``preview``: path of a PNG false-colour quick-look (the
-    first three principal components); ``cog``: a Cloud Optimized GeoTIFF with overviews.
+    first three principal components); ``cog``: a Cloud Optimized GeoTIFF with overviews;
+    ``stac``: also a STAC Item of the output set (``OUT.stac.json``, :mod:`isprs_seg.io.stac`).
     """
 
     dtype: str = "float16"
@@ -39,6 +40,7 @@ class Features:
     pooled: str | None = None
     preview: str | None = None
     pool_format: str = "gpkg"
+    stac: bool = False
 
     command: ClassVar[str] = "features"
     main: ClassVar[str] = "features"
@@ -46,6 +48,7 @@ class Features:
         "features": ("dtype",),
         "pooled": ("pool",),
         "preview": ("dtype",),
+        "stac": (),
     }
 
     def check(self) -> Features:
@@ -59,7 +62,7 @@ class Features:
         return self
 
     def roles(self) -> list[str]:
-        return ["pooled"] if self.pool else []
+        return (["pooled"] if self.pool else []) + (["stac"] if self.stac else [])
 
     def suffixes(self) -> dict[str, str]:
         return {"pooled": f".pooled{EXTENSIONS[self.pool_format]}"} if self.pool else {}

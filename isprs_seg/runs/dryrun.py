@@ -135,7 +135,7 @@ def output_bytes(role: str, height: int, width: int, settings: dict, src) -> int
         rows, cols = pool_cell(settings["pool"], src)
         cells = -(-height // rows) * -(-width // cols)
         return cells * (contract.FEATURE_CHANNELS * 9 + 200)  # a REAL column per channel, the cell polygon
-    if role in ("categories", "legend"):
+    if role in ("categories", "legend", "stac"):
         return 16 * 1024
     return None  # polygons: as many as the map has
 
