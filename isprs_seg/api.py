@@ -32,7 +32,7 @@ def run_product(input: str | os.PathLike, product: Product, output: str | os.Pat
     reading.check()
     product.check()
     finals = output_paths(input, product.main, product.roles(), output=output, out_dir=out_dir,
-                          given=product.given())
+                          given=product.given(), suffixes=product.suffixes())
     spec = RunSpec(product, str(input), finals, options, reading)
     return with_model(engine, model).run(spec, progress)
 
@@ -53,6 +53,7 @@ def predict_raster(
     vector: str | None = None,
     confidence: str | None = None,
     tta: str = "none",
+    stac: bool = False,
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
     engine: Engine | None = None,
@@ -73,12 +74,13 @@ def predict_raster(
     ``confidence``: also write ``OUT.confidence.tif``, uint8: the highest class
     probability (``"max"``) or its margin over the second (``"margin"``), times 255.
     ``tta``: test-time augmentation, ``"flips"`` or ``"d4"`` (see :meth:`Model.predict`).
+    ``stac``: also write a STAC Item of the outputs, ``OUT.stac.json`` (see :mod:`isprs_seg.io.stac`).
     ``engine``: where to run (an :class:`isprs_seg.runs.engine.Engine`, for example a
     :class:`isprs_seg.runs.cluster.RayEngine` whose workers hold their own model;
     ``model`` is then not used); the outputs are identical. Outputs appear under their
     final names only when complete.
     """
-    product = Classes(probabilities or False, probabilities_dtype, confidence, vector, cog)
+    product = Classes(probabilities or False, probabilities_dtype, confidence, vector, cog, stac)
     options = RunOptions(tile, overlap, batch_size, blend, tta)
     return run_product(input, product, output, out_dir=out_dir, options=options, reading=reading, engine=engine,
                        model=model, progress=progress)
@@ -99,6 +101,8 @@ def extract_features(
     pooled: str | os.PathLike | None = None,
     preview: str | os.PathLike | None = None,
     cog: bool = False,
+    pool_format: str = "gpkg",
+    stac: bool = False,
     reading: InputOptions = InputOptions(),
     progress: ProgressFactory | None = None,
     engine: Engine | None = None,
@@ -110,12 +114,14 @@ def extract_features(
     (i, j) covers input pixels [4i, 4i+4) x [4j, 4j+4). ``dtype`` ``float16`` stores
     half precision (GDAL Float32 with NBITS=16), ``float32`` full precision.
     ``pool``: cell size of mean-pooled embeddings (metres, or pixels with a ``px``
-    suffix), written as a GeoPackage to ``pooled`` (default ``OUT.pooled.gpkg``).
+    suffix), written as a GeoPackage to ``pooled`` (default ``OUT.pooled.gpkg``), or with
+    ``pool_format="parquet"`` as GeoParquet 1.1 (default ``OUT.pooled.parquet``).
     ``preview``: path of a PNG false-colour quick-look (first three principal
     components). ``cog``: write the feature raster as a Cloud Optimized GeoTIFF with
-    overviews. Other arguments as in :func:`predict_raster`.
+    overviews. ``stac``: also write a STAC Item of the outputs, ``OUT.stac.json``. Other
+    arguments as in :func:`predict_raster`.
     """
-    product = Features(dtype, str(pool) if pool else None, cog, pooled, preview)
+    product = Features(dtype, str(pool) if pool else None, cog, pooled, preview, pool_format, stac)
     options = RunOptions(tile, overlap, batch_size, blend)
     return run_product(input, product, output, out_dir=out_dir, options=options, reading=reading, engine=engine,
                        model=model, progress=progress)

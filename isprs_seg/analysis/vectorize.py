@@ -8,6 +8,8 @@ the open polygon above to the piece below (a union of pixel-aligned polygons, ex
 integer coordinates). A polygon that can grow no more is finished: moved to the raster's
 CRS, filtered by area, simplified and written. So the result is the polygonisation of
 the whole raster, while memory holds one band of rows and the open polygons only.
+Finished polygons go to a GeoPackage layer or a GeoParquet file in chunks
+(:class:`isprs_seg.io.vector.VectorTable`), the same rows in either format.
 """
 
 from __future__ import annotations
@@ -29,23 +31,42 @@ from ..io.atomic import atomic_outputs
 from ..io.legend import class_ids, class_names
 from ..io.outputs import check_outputs, output_paths
 from ..io.raster import gdal_env, is_georeferenced, metres_per_pixel, open_input, read_validity
+from ..io.vector import EXTENSIONS, VectorTable, format_of, require_format
 
 #: Layer name of the polygons in the GeoPackage.
 LAYER = "polygons"
 #: Rows of the class raster polygonised at once.
 BAND_ROWS = 1024
-#: Finished polygons written to the GeoPackage at once.
+#: Finished polygons written at once (a GeoParquet row group).
 _WRITE_EVERY = 5000
 
 
-def require_vector() -> None:
-    """Polygons need shapely and pyogrio, an optional extra."""
+def require_vector(format: str = "gpkg") -> None:
+    """Polygons need shapely, and pyogrio (GeoPackage) or pyarrow (GeoParquet): optional extras."""
     try:
-        import pyogrio  # noqa: F401
         import shapely  # noqa: F401
     except ImportError:
-        raise InputError("polygons need shapely and pyogrio, which are not installed: "
-                         "pip install 'isprs-seg[vector]'") from None
+        raise InputError("polygons need shapely, which is not installed: pip install 'isprs-seg[vector]'") from None
+    require_format(format, "--format")
+
+
+def vector_format(output: str | os.PathLike | None, format: str | None) -> str:
+    """The format of a polygons output: ``format``, else what ``-o``'s extension says, else gpkg.
+
+    A format that contradicts the extension of ``output`` is refused (no ``.gpkg`` file
+    holding Parquet)."""
+    if format is None:
+        return format_of(output) if output is not None else "gpkg"
+    require_format(format, "--format")
+    if output is not None and format_of(output) != format:
+        raise InputError(f"-o {output} names a {'GeoParquet' if format_of(output) == 'parquet' else 'GeoPackage'} "
+                         f"file but --format is {format}: name it *{EXTENSIONS[format]} or leave --format out")
+    return format
+
+
+def polygon_suffixes(format: str) -> dict[str, str]:
+    """The file name suffix of the polygons role in ``format`` (for output naming)."""
+    return {"polygons": f".polygons{EXTENSIONS[format]}"}
 
 
 @dataclass
@@ -131,8 +152,11 @@ def vectorize_raster(
     simplify: float | None = None,
     band_rows: int = BAND_ROWS,
     settings: dict | None = None,
+    format: str | None = None,
 ) -> VectorResult:
-    """Write the polygons of a class raster to a GeoPackage (``output``, or ``out_dir/<stem>.polygons.gpkg``).
+    """Write the polygons of a class raster to a GeoPackage (``output``, or ``out_dir/<stem>.polygons.gpkg``)
+    or, with ``format="parquet"`` (or an ``output`` named ``*.parquet``), a GeoParquet file
+    (``out_dir/<stem>.polygons.parquet``).
 
     One polygon per 4-connected region of one class (holes kept), in the raster's CRS,
     with ``class_id``, ``class_name`` and ``area`` (square metres in a projected CRS,
@@ -142,11 +166,12 @@ def vectorize_raster(
     as having produced it (see :mod:`isprs_seg.io.provenance`).
     """
     started = time.perf_counter()
-    require_vector()
+    format = vector_format(output, format)
+    require_vector(format)
     for name, value in (("--min-area", min_area), ("--simplify", simplify)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise InputError(f"{name} must be a number of (square) metres, at least 0, got {value}")
-    finals = output_paths(input, "polygons", output=output, out_dir=out_dir)
+    finals = output_paths(input, "polygons", output=output, out_dir=out_dir, suffixes=polygon_suffixes(format))
     check_outputs(input, finals)
     with gdal_env(), open_input(input) as src, atomic_outputs(finals) as temps:
         names = class_names(src)
@@ -154,7 +179,7 @@ def vectorize_raster(
             raise InputError(f"{src.name} is not a class raster (one band of integer class ids)")
         wanted = class_ids(classes, names, "--classes")
         metres = _metres_per_unit(src, min_area, simplify)
-        writer = _Writer(temps["polygons"], src, names, metres, min_area, simplify,
+        writer = _Writer(temps["polygons"], format, src, names, metres, min_area, simplify,
                          settings or vector_settings(input, classes=wanted, min_area=min_area, simplify=simplify))
         polygons = _Polygons()
         last_row = last_selected = None
@@ -195,20 +220,24 @@ def vector_settings(input, *, classes, min_area, simplify) -> dict:
 
 
 class _Writer:
-    """Finished polygons to the GeoPackage layer, in chunks, in the raster's CRS."""
+    """Finished polygons to the output table, in chunks, in the raster's CRS."""
 
-    def __init__(self, path: Path, src, names, metres: float | None, min_area, simplify, settings: dict):
-        self.path, self.names, self.metres = path, names, metres
+    def __init__(self, path: Path, format: str, src, names, metres: float | None, min_area, simplify,
+                 settings: dict):
+        self.names, self.metres = names, metres
         self.transform = src.transform
-        self.crs = src.crs.to_wkt() if src.crs is not None else None
         self.min_area = min_area / metres**2 if min_area and metres else None
         self.tolerance = simplify / metres if simplify and metres else None
-        self.metadata = {"ISPRS_SEG_SETTINGS": json.dumps(settings, sort_keys=True),
-                         "AREA_UNITS": "square metres" if metres else "square CRS units"}
+        metadata = {"ISPRS_SEG_SETTINGS": json.dumps(settings, sort_keys=True),
+                    "AREA_UNITS": "square metres" if metres else "square CRS units"}
+        self.table = VectorTable(path, format, LAYER, {"class_id": "int16", "class_name": "str", "area": "float64"},
+                                 "Polygon", src.crs, metadata)
         self.pending: list = []
         self.values: list[int] = []
-        self.count = 0
-        self.written = False
+
+    @property
+    def count(self) -> int:
+        return self.table.rows
 
     def add(self, geom, value: int) -> None:
         self.pending.append(geom)
@@ -217,7 +246,6 @@ class _Writer:
             self._flush()
 
     def _flush(self) -> None:
-        import pyogrio.raw
         import shapely
 
         geoms = _transform(np.array(self.pending, dtype=object), self.transform)
@@ -227,18 +255,14 @@ class _Writer:
         geoms, values, areas = geoms[keep], values[keep], areas[keep]
         if self.tolerance:
             geoms = shapely.simplify(geoms, self.tolerance, preserve_topology=True)
-        if len(geoms) or not self.written:
-            fields = [values.astype(np.int16), np.array([self.names[v] for v in values], dtype=object),
-                      areas * (self.metres**2 if self.metres else 1.0)]
-            pyogrio.raw.write(str(self.path), shapely.to_wkb(geoms), fields, ["class_id", "class_name", "area"],
-                              layer=LAYER, driver="GPKG", geometry_type="Polygon", crs=self.crs,
-                              append=self.written, layer_metadata=None if self.written else self.metadata)
-            self.written = True
-        self.count += len(geoms)
+        fields = [values.astype(np.int16), np.array([self.names[v] for v in values], dtype=object),
+                  areas * (self.metres**2 if self.metres else 1.0)]
+        self.table.append(shapely.to_wkb(geoms), fields, shapely.bounds(geoms))
         self.pending, self.values = [], []
 
     def close(self) -> None:
         self._flush()
+        self.table.close()
 
 
 def expected_settings(input, classes: str | Sequence | None, min_area: float | None, simplify: float | None) -> dict:

@@ -138,6 +138,8 @@ PREDICT_OPTIONS = {
     "cog": (bool, typer.Option(True, "--cog/--no-cog", show_default=False,
                                help="Cloud Optimized GeoTIFFs with overviews, or plain tiled GeoTIFFs.  "
                                     "[default: --cog]")),
+    "stac": (bool, typer.Option(False, "--stac", show_default=False,
+                                help="Also write a STAC Item describing the outputs (OUT.stac.json).  [default: off]")),
     "vector": _unset(str, "--vector", "CLASSES",
         "Also write polygons of these classes (building,car or all) to "
                                                 "OUT.polygons.gpkg, as vectorize does.  [default: none]"),
@@ -147,8 +149,13 @@ FEATURE_OPTIONS = {
     "pool": _unset(str, "--pool", "SIZE",
         "Also write mean-pooled embeddings per grid cell of SIZE metres (10, 10m) or pixels (256px) to "
              "OUT.pooled.gpkg.  [default: none]"),
+    "pool_format": (str, typer.Option(
+        "gpkg", "--pool-format", metavar="gpkg|parquet",
+        help="The pooled table as a GeoPackage (OUT.pooled.gpkg) or a GeoParquet 1.1 file (OUT.pooled.parquet).")),
     "preview": _unset(str, "--preview", "PNG",
         "Also write a PCA false-colour quick-look; with several inputs use a {stem} pattern.  [default: none]"),
+    "stac": (bool, typer.Option(False, "--stac", show_default=False,
+                                help="Also write a STAC Item describing the outputs (OUT.stac.json).  [default: off]")),
     "cog": (bool, typer.Option(False, "--cog/--no-cog", show_default=False,
                                help="A Cloud Optimized GeoTIFF with overviews, or a plain tiled GeoTIFF.  "
                                     "[default: --no-cog]")),
@@ -162,6 +169,9 @@ VECTOR_OPTIONS = {
     "simplify": _unset(float, "--simplify", "METRES",
         "Simplify each polygon with this tolerance, keeping it valid.  "
                                                     "[default: none: pixel edges]"),
+    "format": _unset(str, "--format", "gpkg|parquet",
+        "gpkg: a GeoPackage; parquet: a GeoParquet 1.1 file (DIR/<stem>.polygons.parquet), the same rows.  "
+        "[default: from -o's extension (.parquet), else gpkg]"),
 }
 INPUTS = typer.Argument(..., metavar="INPUT", show_default=False, hidden=True)
 

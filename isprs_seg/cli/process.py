@@ -50,7 +50,8 @@ def _run_command(settings: Settings, product, paths: List[str], output: Optional
             reading = InputOptions(options["bands"], options["recipe"], options["scale"], options["normalize"],
                                    options["gsd"]).check()
             planned = plan_outputs(paths, product.main, product.roles(), output=output, out_dir=options["out_dir"],
-                                   given=product.given(), create=not options["dry_run"])
+                                   given=product.given(), suffixes=product.suffixes(),
+                                   create=not options["dry_run"])
         if options["dry_run"]:
             from ..runs.dryrun import forecast
             from .dryrun import dry_run
@@ -152,13 +153,15 @@ def predict(ctx: typer.Context, inputs: List[str] = INPUTS, output: Optional[Pat
     from ..products import Classes
 
     o = options
-    product = Classes(o["probabilities"], o["probabilities_dtype"].value, o["confidence"], o["vector"], o["cog"])
+    product = Classes(o["probabilities"], o["probabilities_dtype"].value, o["confidence"], o["vector"], o["cog"],
+                      o["stac"])
     _run_command(entered(ctx, o["as_json"]), product, _expand_inputs(inputs), output, o)
 
 
 @command(app, _examples(
     "isprs-seg features sample_data/colorado_springs_15cm.tif -o sample.features.tif --preview sample.png",
     "isprs-seg features tiles/*.tif --out-dir feats/ --pool 10 --preview 'feats/{stem}.png'",
+    "isprs-seg features ortho.tif -o ortho.features.tif --pool 10 --pool-format parquet",
 ), FEATURE_OPTIONS, GRID_OPTIONS, INPUT_OPTIONS, MODEL_OPTIONS, ENGINE_OPTIONS, BATCH_OPTIONS)
 def features(ctx: typer.Context, inputs: List[str] = INPUTS,
              output: Optional[Path] = output_option("Feature raster"), **options) -> None:
@@ -166,5 +169,6 @@ def features(ctx: typer.Context, inputs: List[str] = INPUTS,
     from ..products import Features
 
     o = options
-    product = Features(o["dtype"].value, o["pool"], o["cog"], preview=o["preview"])
+    product = Features(o["dtype"].value, o["pool"], o["cog"], preview=o["preview"], pool_format=o["pool_format"],
+                       stac=o["stac"])
     _run_command(entered(ctx, o["as_json"]), product, _expand_inputs(inputs), output, o)

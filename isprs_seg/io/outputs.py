@@ -29,6 +29,7 @@ from .._native import native_stderr_captured
 from ..errors import OutputError, first_line
 from .atomic import scratch, verify_complete
 from .legend import pam_path, style_path
+from .stac import stac_path
 
 #: Block side of every output GeoTIFF but feature rasters.
 OUTPUT_BLOCK = 512
@@ -53,6 +54,10 @@ SUFFIXES = {
 #: they are written and committed with it, but not listed among the outputs.
 COMPANIONS = {"categories": pam_path, "legend": style_path}
 
+#: Outputs named after the main output that are listed with the others: the STAC Item
+#: of the output set (``NAME.stac.json``, see :mod:`isprs_seg.io.stac`).
+DESCRIPTIONS = {"stac": stac_path}
+
 #: Overview resampling of each output role written as a Cloud Optimized GeoTIFF: class
 #: values must stay class values (or nodata), scores are averaged.
 OVERVIEW_RESAMPLING = {"classes": "MODE", "probabilities": "AVERAGE", "confidence": "AVERAGE", "features": "AVERAGE"}
@@ -73,14 +78,15 @@ def input_stem(path: str | os.PathLike) -> str:
 def output_paths(
     input: str | os.PathLike, main: str, extra: Sequence[str] = (), *,
     output: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-    given: Mapping[str, str | os.PathLike] | None = None,
+    given: Mapping[str, str | os.PathLike] | None = None, suffixes: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """The paths of the outputs of one input, by role, the ``main`` role last.
 
     With ``output`` (``-o OUT.tif``) the main output is ``OUT.tif`` and the ``extra``
     ones ``OUT<suffix>``; with ``out_dir`` they are all ``DIR/<input stem><suffix>``
     (:data:`SUFFIXES`). ``given`` names other outputs explicitly, ``{stem}`` in them
-    standing for the input's stem.
+    standing for the input's stem. ``suffixes``: suffixes that replace those of
+    :data:`SUFFIXES` for some roles (``{"polygons": ".polygons.parquet"}``).
     """
     if (output is None) == (out_dir is None):
         raise ValueError("give exactly one of output and out_dir")
@@ -91,10 +97,12 @@ def output_paths(
     else:
         base = Path(out_dir) / stem
     given = given or {}
-    main_path = output if output is not None else base.with_name(base.name + SUFFIXES[main])
-    paths = {role: base.with_name(base.name + SUFFIXES[role]) for role in extra if role not in given | COMPANIONS}
+    suffix = {**SUFFIXES, **(suffixes or {})}
+    main_path = output if output is not None else base.with_name(base.name + suffix[main])
+    after_main = COMPANIONS | DESCRIPTIONS
+    paths = {role: base.with_name(base.name + suffix[role]) for role in extra if role not in given | after_main}
     paths.update({role: Path(str(path).replace("{stem}", stem)) for role, path in given.items()})
-    paths.update({role: name(main_path) for role, name in COMPANIONS.items() if role in extra})
+    paths.update({role: name(main_path) for role, name in after_main.items() if role in extra})
     paths[main] = main_path
     return paths
 

@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import first_line
 from ..options import parse_bands, parse_scale
 from .atomic import verify_complete
+from .vector import check_readable, read_table_metadata
 
 #: GeoTIFF tag holding the settings of the run that wrote the file, by output role.
 SETTINGS_TAG = "ISPRS_SEG_SETTINGS"
@@ -74,11 +75,9 @@ def settings_tags(settings: Mapping[str, dict], handle: str) -> dict[str, str]:
 
 
 def read_settings(path: Path) -> dict | None:
-    """The recorded settings of a GeoTIFF or GeoPackage output, or None when it has none."""
-    if path.suffix.lower() == ".gpkg":
-        import pyogrio
-
-        text = (pyogrio.read_info(path).get("layer_metadata") or {}).get(SETTINGS_TAG)
+    """The recorded settings of a GeoTIFF, GeoPackage or GeoParquet output, or None when it has none."""
+    if _is_vector(path):
+        text = read_table_metadata(path).get(SETTINGS_TAG)
     else:
         with rasterio.open(path) as ds:
             text = ds.tags().get(SETTINGS_TAG)
@@ -115,6 +114,10 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
+def _is_vector(path: Path) -> bool:
+    return path.suffix.lower() in (".gpkg", ".parquet", ".geoparquet")
+
+
 def _problem(path: Path) -> str | None:
     """None when ``path`` is a complete output, else why it is not."""
     try:
@@ -122,10 +125,10 @@ def _problem(path: Path) -> str | None:
             return "it is empty"
         if _is_tiff(path):
             verify_complete(path, path)
-        elif path.suffix.lower() == ".gpkg":
-            import pyogrio
-
-            pyogrio.read_info(path)
+        elif _is_vector(path):
+            check_readable(path)
+        elif path.suffix.lower() == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
         elif path.suffix.lower() in (".xml", ".qml"):
             ET.parse(path)
         else:

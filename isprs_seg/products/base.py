@@ -75,6 +75,11 @@ class Product(Protocol):
         """The output roles a run writes besides the main one, in order."""
         ...
 
+    def suffixes(self) -> dict[str, str]:
+        """File name suffixes of roles that differ from :data:`isprs_seg.io.outputs.SUFFIXES`
+        (a format chosen for them)."""
+        ...
+
     def given(self) -> dict[str, object]:
         """Output paths chosen by the caller, by role (the others are named after the main output)."""
         ...

@@ -29,7 +29,8 @@ class Classes:
     (float32 with NaN where invalid, or uint8 x 255 with a mask); ``confidence``: also
     the highest probability (``"max"``) or its margin over the second (``"margin"``),
     x 255; ``vector``: also polygons of these classes (``"building,car"`` or ``"all"``);
-    ``cog``: Cloud Optimized GeoTIFFs with overviews.
+    ``cog``: Cloud Optimized GeoTIFFs with overviews; ``stac``: also a STAC Item of the
+    output set (``OUT.stac.json``, :mod:`isprs_seg.io.stac`).
     """
 
     probabilities: bool | str | os.PathLike = False
@@ -37,6 +38,7 @@ class Classes:
     confidence: str | None = None
     vector: str | None = None
     cog: bool = True
+    stac: bool = False
 
     command: ClassVar[str] = "predict"
     main: ClassVar[str] = "classes"
@@ -47,6 +49,7 @@ class Classes:
         "probabilities": ("probabilities_dtype",),
         "confidence": ("confidence",),
         "polygons": ("vector",),
+        "stac": (),
     }
 
     def check(self) -> Classes:
@@ -61,7 +64,10 @@ class Classes:
 
     def roles(self) -> list[str]:
         wanted = (("probabilities", self.probabilities), ("confidence", self.confidence), ("polygons", self.vector))
-        return [role for role, asked in wanted if asked] + list(COMPANIONS)
+        return [role for role, asked in wanted if asked] + list(COMPANIONS) + (["stac"] if self.stac else [])
+
+    def suffixes(self) -> dict[str, str]:
+        return {}
 
     def given(self) -> dict[str, object]:
         chosen = self.probabilities is not True and self.probabilities

@@ -1,6 +1,6 @@
 """What ``isprs-seg features`` derives from the dense features as they stream by:
-mean-pooled embeddings on a regular grid of cells (a GeoPackage table) and a
-false-colour PCA quick-look (a PNG).
+mean-pooled embeddings on a regular grid of cells (a GeoPackage or GeoParquet table,
+:mod:`isprs_seg.io.vector`) and a false-colour PCA quick-look (a PNG).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputWarning
 from ..io.raster import metres_per_pixel
+from ..io.vector import VectorTable, require_format
 
 #: Layer name of the pooled table.
 POOLED_LAYER = "pooled_features"
@@ -45,14 +46,9 @@ def pool_text(value: str | float) -> str:
     return f"{size:g}{unit}"
 
 
-def require_pyogrio() -> None:
-    """--pool writes GeoPackages with pyogrio, an optional dependency."""
-    try:
-        import pyogrio  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "--pool writes a GeoPackage with pyogrio, which is not installed: pip install 'isprs-seg[pool]'"
-        ) from None
+def require_pool_format(format: str) -> None:
+    """--pool writes GeoPackages with pyogrio, GeoParquet with pyarrow: optional dependencies."""
+    require_format(format, "--pool-format")
 
 
 def pool_cell(value: str | float, src) -> tuple[int, int]:
@@ -85,27 +81,38 @@ def _polygon_wkb(x0: float, y0: float, x1: float, y1: float, transform) -> bytes
     return struct.pack("<BIII", 1, 3, 1, 5) + b"".join(struct.pack("<dd", *c) for c in coords)
 
 
+def _rectangle_bounds(x0: np.ndarray, y0: float, x1: np.ndarray, y1: float, transform) -> np.ndarray:
+    """Bounds ``[n, 4]`` of the pixel rectangles [x0, x1) x [y0, y1) mapped through ``transform``."""
+    a, b, c, d, e, f = transform[:6]
+    xs = np.stack([a * x + b * y + c for x in (x0, x1) for y in (y0, y1)])
+    ys = np.stack([d * x + e * y + f for x in (x0, x1) for y in (y0, y1)])
+    return np.column_stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)])
+
+
 class CellPooler:
     """Mean of the valid feature vectors in each cell of a regular grid, streamed.
 
     Feature rows arrive in order; each completed row of cells is appended to a
-    GeoPackage layer with the cell polygon (in the input's CRS), ``cell_row``,
-    ``cell_col``, ``valid_fraction`` and one column per channel (NaN for a cell
-    without valid pixels). Memory: one row of cells.
+    table (``format``: a GeoPackage layer or a GeoParquet file, one row group per row of
+    cells) with the cell polygon (in the input's CRS), ``cell_row``, ``cell_col``,
+    ``valid_fraction`` and one column per channel (NaN for a cell without valid pixels).
+    Memory: one row of cells.
     """
 
-    def __init__(self, path: Path, src, cell: tuple[int, int], stride: int, height: int, width: int, channels: int):
-        self.path, self.stride = path, stride
+    def __init__(self, path: Path, src, cell: tuple[int, int], stride: int, height: int, width: int, channels: int,
+                 format: str = "gpkg"):
+        self.stride = stride
         self.cell_rows, self.cell_cols = cell[0] // stride, cell[1] // stride  # in feature pixels
         self.cell_px = cell
         self.height, self.width, self.channels = height, width, channels
         self.image_height, self.image_width = src.height, src.width
         self.transform = src.transform
-        self.crs = src.crs.to_wkt() if src.crs is not None else None
         self.starts = np.arange(0, width, self.cell_cols)
         self.cell_row = 0
         self._reset()
-        self._written = False
+        fields = {"cell_row": "int32", "cell_col": "int32", "valid_fraction": "float32"}
+        fields.update({f"f{c:03d}": "float32" for c in range(channels)})
+        self.table = VectorTable(path, format, POOLED_LAYER, fields, "Polygon", src.crs)
 
     def _reset(self) -> None:
         self.sums = np.zeros((len(self.starts), self.channels), np.float64)
@@ -126,8 +133,6 @@ class CellPooler:
                 self._flush()
 
     def _flush(self) -> None:
-        import pyogrio.raw
-
         r = self.cell_row
         y0, y1 = r * self.cell_px[0], min((r + 1) * self.cell_px[0], self.image_height)
         cols = np.arange(len(self.starts))
@@ -137,7 +142,6 @@ class CellPooler:
         cols_in = np.minimum(self.starts + self.cell_cols, self.width) - self.starts
         with np.errstate(invalid="ignore", divide="ignore"):
             means = (self.sums / self.counts[:, None]).astype(np.float32)
-        fields = ["cell_row", "cell_col", "valid_fraction"] + [f"f{c:03d}" for c in range(self.channels)]
         data = [
             np.full(len(cols), r, np.int32),
             cols.astype(np.int32),
@@ -145,17 +149,14 @@ class CellPooler:
             *means.T,
         ]
         geometry = np.array([_polygon_wkb(a, y0, b, y1, self.transform) for a, b in zip(x0, x1)], dtype=object)
-        pyogrio.raw.write(
-            str(self.path), geometry, data, fields, layer=POOLED_LAYER, driver="GPKG",
-            geometry_type="Polygon", crs=self.crs, append=self._written, nan_as_null=False,
-        )
-        self._written = True
+        self.table.append(geometry, data, _rectangle_bounds(x0, y0, x1, y1, self.transform))
         self.cell_row += 1
         self._reset()
 
     def close(self) -> None:
         if self.cell_row * self.cell_rows < self.height:
             self._flush()
+        self.table.close()
 
 
 class PcaPreview:

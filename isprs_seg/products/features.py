@@ -12,11 +12,13 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from .. import contract
+from ..errors import InputError
 from ..io.outputs import BlockRowWriter, feature_raster, to_cog
+from ..io.vector import EXTENSIONS, format_of
 from ..model.inference import require_features
 from ..options import FEATURE_DTYPES, check_choice
 from .base import OutputSink, RunKind
-from .embeddings import CellPooler, PcaPreview, parse_pool_spec, pool_cell, pool_text, require_pyogrio
+from .embeddings import CellPooler, PcaPreview, parse_pool_spec, pool_cell, pool_text, require_pool_format
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,10 @@ class Features:
     ``dtype``: ``float16`` (half precision on disk, GDAL Float32 with NBITS=16) or
     ``float32``; ``pool``: cell size of mean-pooled embeddings (metres ``"10"``/``"10m"``,
     or pixels ``"256px"``), written as a GeoPackage to ``pooled`` (default
-    ``OUT.pooled.gpkg``); ``preview``: path of a PNG false-colour quick-look (the first
-    three principal components); ``cog``: a Cloud Optimized GeoTIFF with overviews.
+    ``OUT.pooled.gpkg``), or as GeoParquet with ``pool_format="parquet"``
+    (``OUT.pooled.parquet``); ``preview``: path of a PNG false-colour quick-look (the
+    first three principal components); ``cog``: a Cloud Optimized GeoTIFF with overviews;
+    ``stac``: also a STAC Item of the output set (``OUT.stac.json``, :mod:`isprs_seg.io.stac`).
     """
 
     dtype: str = "float16"
@@ -35,6 +39,8 @@ class Features:
     cog: bool = False
     pooled: str | None = None
     preview: str | None = None
+    pool_format: str = "gpkg"
+    stac: bool = False
 
     command: ClassVar[str] = "features"
     main: ClassVar[str] = "features"
@@ -42,17 +48,24 @@ class Features:
         "features": ("dtype",),
         "pooled": ("pool",),
         "preview": ("dtype",),
+        "stac": (),
     }
 
     def check(self) -> Features:
         check_choice("--dtype", self.dtype, FEATURE_DTYPES)
         if self.pool:
             parse_pool_spec(self.pool)
-            require_pyogrio()
+            require_pool_format(self.pool_format)
+            if self.pooled and format_of(self.pooled) != self.pool_format:
+                raise InputError(f"the pooled table {self.pooled} is not named *{EXTENSIONS[self.pool_format]}, "
+                                 f"the extension of --pool-format {self.pool_format}")
         return self
 
     def roles(self) -> list[str]:
-        return ["pooled"] if self.pool else []
+        return (["pooled"] if self.pool else []) + (["stac"] if self.stac else [])
+
+    def suffixes(self) -> dict[str, str]:
+        return {"pooled": f".pooled{EXTENSIONS[self.pool_format]}"} if self.pool else {}
 
     def given(self) -> dict[str, object]:
         chosen = (("pooled", self.pooled if self.pool else None), ("preview", self.preview))
@@ -90,7 +103,8 @@ class FeatureSink(OutputSink):
         self.pooler = None
         if "pooled" in temps:
             cell = pool_cell(features.pool, src)
-            self.pooler = CellPooler(temps["pooled"], src, cell, stride, height, width, channels)
+            self.pooler = CellPooler(temps["pooled"], src, cell, stride, height, width, channels,
+                                     features.pool_format)
         self.sampler = PcaPreview(height * width) if "preview" in temps else None
         self.cog = features.cog
 

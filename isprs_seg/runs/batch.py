@@ -27,11 +27,11 @@ OK, SKIPPED, ERROR = "ok", "skipped", "error"
 def plan_outputs(
     inputs: Sequence[str], main: str, extra: Sequence[str] = (), *,
     output: str | Path | None = None, out_dir: str | Path | None = None, given: dict | None = None,
-    create: bool = True,
+    suffixes: dict | None = None, create: bool = True,
 ) -> list[dict[str, Path]]:
     """The outputs of each input by role (see :func:`isprs_seg.io.outputs.output_paths`).
 
-    ``given`` as there, the same for every input (use ``{stem}`` to tell them apart).
+    ``given`` and ``suffixes`` as there, the same for every input (use ``{stem}`` to tell them apart).
     Everything that would make the batch go wrong is refused here, before any work:
     no input, both or neither of ``output`` and ``out_dir``, ``output`` with several
     inputs, two outputs that are the same file, an output that is one of the inputs.
@@ -48,7 +48,8 @@ def plan_outputs(
         flags = [p for p in inputs if p.lower() in ("true", "false", "yes", "no")]
         hint = f" ({flags[0]!r} is not a file: flags such as --probabilities take no value)" if flags else ""
         raise InputError(f"-o/--output names one output but {len(inputs)} inputs were given: use --out-dir{hint}")
-    planned = [output_paths(path, main, extra, output=output, out_dir=out_dir, given=given) for path in inputs]
+    planned = [output_paths(path, main, extra, output=output, out_dir=out_dir, given=given, suffixes=suffixes)
+               for path in inputs]
     sources = {_identity(path): path for path in inputs}
     writer: dict[str, str] = {}
     for path, outputs in zip(inputs, planned):

@@ -135,6 +135,8 @@ def output_bytes(role: str, height: int, width: int, settings: dict, src) -> int
         rows, cols = pool_cell(settings["pool"], src)
         cells = -(-height // rows) * -(-width // cols)
         return cells * (contract.FEATURE_CHANNELS * 9 + 200)  # a REAL column per channel, the cell polygon
+    if role == "stac":  # features: a raster band object per channel
+        return 16 * 1024 + (contract.FEATURE_CHANNELS * 160 if "dtype" in settings else 0)
     if role in ("categories", "legend"):
         return 16 * 1024
     return None  # polygons: as many as the map has

@@ -23,6 +23,7 @@ from ..io.atomic import atomic_outputs
 from ..io.outputs import check_outputs, copy_rows, listed
 from ..io.raster import RowReader, RowsOf, gdal_env, open_input
 from ..io.resample import RegriddedSink
+from ..io.stac import item, write_item
 from ..model.inference import Model, load_model
 from ..products import Product
 from ..tiling.plan import Strip, strip_batches
@@ -57,6 +58,14 @@ def _opened(spec: RunSpec, model, finals: dict[str, Path]) -> Iterator[tuple[Job
         job = prepare_job(src, spec.options, spec.reading, model.batch_size)
         job.tags.update(spec.record(model))
         yield job, stack.enter_context(atomic_outputs(finals))
+
+
+def _describe(spec: RunSpec, job: Job, temps: dict[str, Path], finals: dict[str, Path], summary: dict) -> None:
+    """The STAC Item of the finished outputs, when asked (:mod:`isprs_seg.io.stac`): read from
+    them after the product's finishing work, committed with them."""
+    if "stac" in temps:
+        write_item(temps["stac"], item(finals["stac"], finals, temps, spec.product.main, job.dataset, job.tags,
+                                       summary.get("class_pixels")))
 
 
 def _result(spec: RunSpec, job: Job, finals, tiles: int, skipped: int, seconds: float, summary: dict) -> RunResult:
@@ -105,6 +114,7 @@ def run(spec: RunSpec, model: Model, progress: ProgressFactory | None = None, st
             sink.finish()
         if strip is None:
             outputs.closed(temps, finals)
+            _describe(spec, job, temps, finals, outputs.summary())
     return _result(spec, job, finals, counts.sent, counts.skipped, time.perf_counter() - started,
                    outputs.summary())
 
@@ -126,6 +136,7 @@ def assemble(spec: RunSpec, model: ModelFacts, strips: Sequence[tuple[Strip, dic
                 outputs.add_counts(result.class_pixels)
             outputs.finish()
         outputs.closed(temps, spec.finals)
+        _describe(spec, job, temps, spec.finals, outputs.summary())
     return _result(spec, job, spec.finals, sum(r.tiles for _, _, r in strips),
                    sum(r.skipped_tiles for _, _, r in strips), seconds, outputs.summary())
 
